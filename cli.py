@@ -1,0 +1,209 @@
+"""tfsemiseg command line: `python cli.py COMMAND --help` explains each command."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import click
+
+from tfsemiseg.config import Config, load_config
+from tfsemiseg.errors import TfSemisegError
+
+DEFAULT_FRACTIONS = (0.05, 0.1, 0.2)
+
+
+def friendly_errors(fn):
+    """Turn the project's errors into one clear line and exit code 1, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TfSemisegError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def config_option(fn):
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="YAML config (see configs/); built-in defaults when omitted.",
+    )(fn)
+
+
+def run_root(cfg: Config, out: Optional[Path]) -> Path:
+    return out if out is not None else Path(cfg.output_dir) / cfg.name
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Label-efficient 2D medical image segmentation with semi-supervised contrastive learning."""
+
+
+@cli.command()
+@config_option
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Dataset folder (MSD layout, or MM-WHS with data.layout: mmwhs).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder for splits.json (default: OUTPUT_DIR/NAME from the config).")
+@click.option("--fractions", type=float, multiple=True, default=DEFAULT_FRACTIONS, show_default=True, help="Labeled fractions to summarise (repeat the option).")
+@friendly_errors
+def prepare(config_path: Optional[Path], data_dir: Path, out: Optional[Path], fractions: tuple[float, ...]) -> None:
+    """Validate every volume, preprocess and cache its slices, write splits.json, print a summary.
+
+    Every image/label pair is checked (readable, 3D, matching shapes, finite, non-constant,
+    label values among the dataset's classes); the first bad file stops with its name.
+    Re-running reuses the cache and the splits.
+    """
+    from tfsemiseg.data.summary import prepare_and_summarise
+
+    cfg = load_config(config_path)
+    click.echo(prepare_and_summarise(cfg, data_dir, run_root(cfg, out), fractions))
+
+
+@cli.command("make-phantom")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--train", "num_train", default=24, show_default=True, help="Labeled volumes (imagesTr/labelsTr).")
+@click.option("--test", "num_test", default=4, show_default=True, help="Unlabeled volumes (imagesTs).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@friendly_errors
+def make_phantom(out: Path, num_train: int, num_test: int, seed: int, force: bool) -> None:
+    """Write a small synthetic dataset in MSD layout to OUT (two structures on a noisy background)."""
+    from tfsemiseg.data.phantom import make_phantom as build
+
+    if out.exists() and not force:
+        raise TfSemisegError(f"{out}: already exists (use --force to replace it)")
+    build(out, num_train=num_train, num_test=num_test, seed=seed, overwrite=force)
+    click.echo(f"wrote {num_train} labeled and {num_test} unlabeled phantom volumes to {out}")
+
+
+@cli.command()
+@click.argument("task")
+@config_option
+@click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="Folder to extract TASK into.")
+@friendly_errors
+def download(task: str, config_path: Optional[Path], dest: Path) -> None:
+    """Fetch an MSD task archive (URL and checksum from the config's `downloads`), verify, extract.
+
+    Nothing is left half-extracted: the task folder appears only when complete.
+    """
+    from tfsemiseg.data.download import download_task
+
+    cfg = load_config(config_path)
+    if task not in cfg.downloads:
+        raise TfSemisegError(f"unknown task {task!r}; the config knows: {', '.join(sorted(cfg.downloads))}")
+    last = [-1]
+
+    def progress(done: int, total: int) -> None:
+        mb = done >> 20
+        if mb // 50 != last[0]:
+            last[0] = mb // 50
+            click.echo(f"  {mb} MB" + (f" of {total >> 20} MB" if total else ""), err=True)
+
+    path = download_task(task, cfg.downloads[task], dest, progress)
+    click.echo(f"extracted {task} to {path}")
+
+
+# --------------------------------------------------------------------------- training
+
+def run_options(fn):
+    """--config --data --fraction --fold --out, shared by the training commands."""
+    fn = click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: OUTPUT_DIR/NAME from the config).")(fn)
+    fn = click.option("--fold", default=0, show_default=True, help="Which of the seeded random splits.")(fn)
+    fn = click.option("--fraction", default=0.1, show_default=True, help="Fraction of train volumes whose labels are used.")(fn)
+    fn = click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Dataset folder.")(fn)
+    return config_option(fn)
+
+
+def _run(config_path, data_dir, fraction, fold, out, method, until=None):
+    from tfsemiseg.training.methods import prepare_and_run
+    from tfsemiseg.training.strategy import make_strategy
+
+    cfg = load_config(config_path)
+    strategy = make_strategy(cfg.train.devices)
+    return prepare_and_run(cfg, data_dir, run_root(cfg, out), method, fraction, fold, strategy, click.echo, until)
+
+
+METHOD_HELP = (
+    "random, global, local-stride, local-block, global+local-stride, global+local-block, "
+    "global+local-full (the paper's spelling, e.g. 'global+local(block)', works too)."
+)
+
+
+@cli.command()
+@run_options
+@click.option("--method", required=True, help=METHOD_HELP)
+@friendly_errors
+def run(config_path, data_dir, fraction, fold, out, method) -> None:
+    """Run every stage of one method (skipping finished stages), then evaluate on the test split.
+
+    Stopped at any point, the same command resumes from the last checkpoint.
+    """
+    _run(config_path, data_dir, fraction, fold, out, method)
+
+
+@cli.command("pretrain-global")
+@run_options
+@friendly_errors
+def pretrain_global(config_path, data_dir, fraction, fold, out) -> None:
+    """Stage 1: SimCLR on the encoder + h1 over every train slice (labels unused)."""
+    _run(config_path, data_dir, fraction, fold, out, "global", until="global")
+
+
+@cli.command("pretrain-local")
+@run_options
+@click.option("--mode", type=click.Choice(["stride", "block", "full"]), default="block", show_default=True)
+@click.option("--init", "init", type=click.Choice(["global", "random"]), default="global", show_default=True,
+              help="Start from the global stage (runs it if needed) or from random weights.")
+@friendly_errors
+def pretrain_local(config_path, data_dir, fraction, fold, out, mode, init) -> None:
+    """Stage 2: supervised local contrast on the labeled slices (encoder + decoder + h2)."""
+    method = f"global+local-{mode}" if init == "global" else f"local-{mode}"
+    _run(config_path, data_dir, fraction, fold, out, method, until="local")
+
+
+@cli.command()
+@run_options
+@click.option("--method", default="global+local-block", show_default=True, help="Whose pre-trained weights to fine-tune: " + METHOD_HELP)
+@friendly_errors
+def finetune(config_path, data_dir, fraction, fold, out, method) -> None:
+    """Stage 3: fine-tune the U-Net on the labeled slices (runs missing earlier stages), then evaluate."""
+    _run(config_path, data_dir, fraction, fold, out, method, until="finetune")
+
+
+@cli.command()
+@run_options
+@click.option("--method", required=True, help=METHOD_HELP)
+@click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@friendly_errors
+def evaluate(config_path, data_dir, fraction, fold, out, method, part) -> None:
+    """Evaluate a finished method: pooled Dice (paper), per-volume Dice and HD95; writes a JSON report."""
+    from tfsemiseg.data.prepared import prepare_dataset
+    from tfsemiseg.training.methods import evaluate_method
+
+    cfg = load_config(config_path)
+    root = run_root(cfg, out)
+    evaluate_method(cfg, prepare_dataset(cfg, data_dir, root), root, method, fraction, fold, click.echo, part)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@friendly_errors
+def demo(out: Path) -> None:
+    """Phantom data, global + supervised local (block) + fine-tune, briefly; evaluate; print the Dice table."""
+    from tfsemiseg.demo import run_demo
+
+    run_demo(out, click.echo)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

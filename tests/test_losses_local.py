@@ -1,0 +1,391 @@
+"""Tests of the local contrastive losses against independent references.
+
+References: plain numpy (float64, loops over anchors) for values and a
+straightforward dense TensorFlow float64 implementation (full N x N masks,
+autodiff) for gradients. Nothing of the library's internals is used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsemiseg.losses import (
+    local_contrastive_points,
+    self_supervised_local_contrastive_loss,
+    supervised_local_contrastive_loss,
+    supervised_local_contrastive_loss_with_count,
+)
+
+T = 0.1
+
+
+# --------------------------------------------------------------------------
+# References
+# --------------------------------------------------------------------------
+
+
+def np_normalize(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, np.float64)
+    return f / np.sqrt(np.maximum((f * f).sum(-1, keepdims=True), 1e-12))
+
+
+def np_logsumexp(v: np.ndarray) -> float:
+    m = v.max()
+    return float(m + np.log(np.exp(v - m).sum()))
+
+
+def np_pool(x: np.ndarray, y: np.ndarray, t: float) -> tuple[float, int]:
+    """(sum of l_i over anchors, number of anchors) of one pool, by loops."""
+    s = x @ x.T / t
+    total, count = 0.0, 0
+    for i in range(len(y)):
+        if y[i] == 0:
+            continue
+        pos = y == y[i]
+        pos[i] = False
+        if not pos.any():
+            continue
+        others = np.ones(len(y), bool)
+        others[i] = False
+        lse = np_logsumexp(s[i, others])
+        total += -np.mean(s[i, pos] - lse)
+        count += 1
+    return total, count
+
+
+def np_pools(features, labels, mode, stride=4, block=16):
+    """List of (x [n, C], y [n]) pools, built by plain slicing."""
+    f = np_normalize(features)
+    y = np.asarray(labels)
+    c = f.shape[-1]
+    if mode == "full":
+        return [(f.reshape(-1, c), y.reshape(-1))]
+    if mode == "stride":
+        return [(f[:, ::stride, ::stride].reshape(-1, c), y[:, ::stride, ::stride].reshape(-1))]
+    pools = []
+    for r in range(0, f.shape[1], block):  # bottom/right remainder -> smaller tiles
+        for q in range(0, f.shape[2], block):
+            pools.append(
+                (f[:, r : r + block, q : q + block].reshape(-1, c), y[:, r : r + block, q : q + block].reshape(-1))
+            )
+    return pools
+
+
+def np_supervised(features, labels, mode, stride=4, block=16, t=T) -> tuple[float, int]:
+    losses, anchors = [], 0
+    for x, y in np_pools(features, labels, mode, stride, block):
+        total, count = np_pool(x, y, t)
+        anchors += count
+        if count:
+            losses.append(total / count)
+    return (float(np.mean(losses)) if losses else 0.0), anchors
+
+
+def tf_dense_pool(x: tf.Tensor, y: tf.Tensor, t: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Dense N x N float64 implementation of one pool: (loss, n_anchors)."""
+    n = tf.shape(y)[0]
+    s = tf.matmul(x, x, transpose_b=True) / t
+    eye = tf.eye(n, dtype=tf.bool)
+    pos = tf.logical_and(tf.equal(y[:, None], y[None, :]), tf.logical_not(eye))
+    npos = tf.reduce_sum(tf.cast(pos, x.dtype), 1)
+    anchor = tf.logical_and(y != 0, npos > 0)
+    lse = tf.reduce_logsumexp(tf.where(eye, tf.constant(-1e30, x.dtype), s), axis=1)
+    mean_pos = tf.reduce_sum(tf.where(pos, s, 0.0), 1) / tf.maximum(npos, 1.0)
+    li = tf.where(anchor, lse - mean_pos, 0.0)
+    na = tf.reduce_sum(tf.cast(anchor, x.dtype))
+    return tf.math.divide_no_nan(tf.reduce_sum(li), na), na
+
+
+def tf_dense_loss(features64: tf.Tensor, labels: np.ndarray, mode, stride=4, block=16, t=T):
+    f = tf.math.l2_normalize(features64, axis=-1)
+    y = tf.constant(labels, tf.int32)
+    c = f.shape[-1]
+    if mode == "full":
+        pools = [(f, y)]
+    elif mode == "stride":
+        pools = [(f[:, ::stride, ::stride], y[:, ::stride, ::stride])]
+    else:
+        pools = [
+            (f[:, r : r + block, q : q + block], y[:, r : r + block, q : q + block])
+            for r in range(0, f.shape[1], block)
+            for q in range(0, f.shape[2], block)
+        ]
+    losses, used = [], []
+    for xp, yp in pools:
+        loss, na = tf_dense_pool(tf.reshape(xp, [-1, c]), tf.reshape(yp, [-1]), t)
+        losses.append(loss)
+        used.append(tf.cast(na > 0, tf.float64))
+    return tf.math.divide_no_nan(tf.add_n(losses), tf.add_n(used))
+
+
+# --------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------
+
+
+def make_inputs(seed=0, b=4, h=12, w=12, c=8, fg=0.3, classes=3):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(b, h, w, c)).astype(np.float32)
+    labels = rng.integers(1, classes, size=(b, h, w)) * (rng.random((b, h, w)) < fg)
+    return features, labels.astype(np.int32)
+
+
+def lib_loss_and_grad(features, labels, **kw):
+    f = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(f)
+        loss, count = supervised_local_contrastive_loss_with_count(f, tf.constant(labels), **kw)
+    return loss, count, tape.gradient(loss, f)
+
+
+MODES = [
+    dict(mode="stride", stride=1),
+    dict(mode="stride", stride=2),
+    dict(mode="stride", stride=4),
+    dict(mode="block", block_size=8),
+    dict(mode="block", block_size=16),
+    dict(mode="full"),
+    dict(mode="full", chunk_size=5),
+]
+
+
+def _ref_kw(kw):
+    return dict(mode=kw["mode"], stride=kw.get("stride", 4), block=kw.get("block_size", 16))
+
+
+# --------------------------------------------------------------------------
+# Supervised local loss
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_supervised_matches_numpy(kw):
+    features, labels = make_inputs(seed=1, h=16, w=16, fg=0.25)
+    loss, count = supervised_local_contrastive_loss_with_count(features, labels, **kw)
+    ref, ref_count = np_supervised(features, labels, **_ref_kw(kw))
+    assert loss.dtype == tf.float32 and count.dtype == tf.int32
+    assert ref_count > 0
+    assert int(count) == ref_count
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
+    plain = supervised_local_contrastive_loss(features, labels, **kw)
+    assert float(plain) == float(loss)
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_supervised_gradient_matches_dense(kw):
+    features, labels = make_inputs(seed=2, h=16, w=16, fg=0.25)
+    loss, _, grad = lib_loss_and_grad(features, labels, **kw)
+    f64 = tf.constant(features.astype(np.float64))
+    with tf.GradientTape() as tape:
+        tape.watch(f64)
+        ref = tf_dense_loss(f64, labels, **_ref_kw(kw))
+    ref_grad = tape.gradient(ref, f64).numpy()
+    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5, atol=1e-5)
+    assert np.abs(ref_grad).max() > 1e-4  # the check is not vacuous
+    np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_full_equals_dense_stride1_several_classes():
+    # stride 1 materialises the anchor rows; full streams them: same definition.
+    features, labels = make_inputs(seed=3, b=2, h=20, w=20, c=16, fg=0.5, classes=5)
+    full, _, g_full = lib_loss_and_grad(features, labels, mode="full", chunk_size=64)
+    dense, _, g_dense = lib_loss_and_grad(features, labels, mode="stride", stride=1)
+    np.testing.assert_allclose(float(full), float(dense), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(g_full.numpy(), g_dense.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_full_in_tf_function_multiple_ragged_chunks():
+    features, labels = make_inputs(seed=4, h=10, w=10, fg=0.3)
+    chunk = 16
+
+    @tf.function
+    def step(f, y):
+        with tf.GradientTape() as tape:
+            tape.watch(f)
+            loss, count = supervised_local_contrastive_loss_with_count(f, y, mode="full", chunk_size=chunk)
+        return loss, count, tape.gradient(loss, f)
+
+    f = tf.constant(features)
+    loss, count, grad = step(f, tf.constant(labels))
+    n = int(count)
+    assert n > 3 * chunk and n % chunk != 0, n  # several chunks + a ragged last one
+    ref, ref_count = np_supervised(features, labels, "full")
+    assert n == ref_count
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
+    f64 = tf.constant(features.astype(np.float64))
+    with tf.GradientTape() as tape:
+        tape.watch(f64)
+        dense = tf_dense_loss(f64, labels, "full")
+    np.testing.assert_allclose(grad.numpy(), tape.gradient(dense, f64).numpy(), rtol=1e-4, atol=1e-5)
+    # Same traced function, different number of anchors (dynamic), incl. zero.
+    labels2 = labels.copy()
+    labels2[:2] = 0
+    loss2, count2, _ = step(f, tf.constant(labels2))
+    ref2, ref_count2 = np_supervised(features, labels2, "full")
+    assert int(count2) == ref_count2 < n
+    np.testing.assert_allclose(float(loss2), ref2, rtol=1e-5, atol=1e-5)
+    loss0, count0, grad0 = step(f, tf.zeros_like(labels))
+    assert int(count0) == 0 and float(loss0) == 0.0
+    assert np.all(grad0.numpy() == 0.0)
+    assert step.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_no_foreground_is_zero_with_zero_gradient(kw):
+    features, _ = make_inputs(seed=5)
+    labels = np.zeros(features.shape[:3], np.int32)
+    loss, count, grad = lib_loss_and_grad(features, labels, **kw)
+    assert float(loss) == 0.0 and int(count) == 0
+    assert grad is not None and np.all(grad.numpy() == 0.0)
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_singleton_classes_have_no_anchor(kw):
+    # Each foreground class has at most one point per pool: no positives.
+    features, _ = make_inputs(seed=6, b=1, h=4, w=4)
+    labels = np.arange(1, 17, dtype=np.int32).reshape(1, 4, 4)
+    loss, count, grad = lib_loss_and_grad(features, labels, **kw)
+    assert int(count) == 0 and float(loss) == 0.0
+    assert np.all(np.isfinite(grad.numpy())) and np.all(grad.numpy() == 0.0)
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_one_class_only(kw):
+    features, _ = make_inputs(seed=7, h=16, w=16)
+    labels = np.ones(features.shape[:3], np.int32)  # every point foreground, one class
+    loss, count, grad = lib_loss_and_grad(features, labels, **kw)
+    ref, ref_count = np_supervised(features, labels, **_ref_kw(kw))
+    assert int(count) == ref_count > 0
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(grad.numpy()))
+
+
+def test_block_remainder_forms_edge_tiles():
+    # 20x20 with block 8: tiles of 8, 8 and 4 rows/cols (9 pools).
+    features, labels = make_inputs(seed=8, b=3, h=20, w=20, fg=0.3)
+    loss, count = supervised_local_contrastive_loss_with_count(features, labels, mode="block", block_size=8)
+    ref, ref_count = np_supervised(features, labels, "block", block=8)
+    assert int(count) == ref_count
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
+
+    # Foreground only in the bottom-right 4x4 corner: that edge tile is its own pool.
+    corner = np.zeros_like(labels)
+    corner[:, 16:, 16:] = labels[:, 16:, 16:]
+    corner[0, 16, 16] = corner[1, 16, 16] = 2
+    loss_c, count_c = supervised_local_contrastive_loss_with_count(
+        features, corner, mode="block", block_size=8
+    )
+    x = np_normalize(features)[:, 16:, 16:].reshape(-1, features.shape[-1])
+    total, n = np_pool(x, corner[:, 16:, 16:].reshape(-1), T)
+    assert n > 0 and int(count_c) == n
+    np.testing.assert_allclose(float(loss_c), total / n, rtol=1e-5, atol=1e-5)
+
+
+def test_odd_sizes_block_and_stride():
+    features, labels = make_inputs(seed=9, b=2, h=13, w=17, fg=0.4)
+    for kw in (dict(mode="block", block_size=8), dict(mode="block", block_size=5), dict(mode="stride", stride=4)):
+        loss, count = supervised_local_contrastive_loss_with_count(features, labels, **kw)
+        ref, ref_count = np_supervised(features, labels, **_ref_kw(kw))
+        assert int(count) == ref_count > 0, kw
+        np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5, err_msg=str(kw))
+
+
+def test_block_dynamic_shapes_in_tf_function():
+    features, labels = make_inputs(seed=10, b=2, h=13, w=17, fg=0.4)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 8]), tf.TensorSpec([None, None, None], tf.int32)])
+    def fn(f, y):
+        return supervised_local_contrastive_loss(f, y, mode="block", block_size=8)
+
+    ref, _ = np_supervised(features, labels, "block", block=8)
+    np.testing.assert_allclose(float(fn(features, labels)), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+@pytest.mark.parametrize("mode", ["stride", "block", "full"])
+def test_low_precision_input_is_computed_in_float32(dtype, mode):
+    features, labels = make_inputs(seed=11, h=16, w=16, fg=0.3)
+    low = tf.cast(features, dtype)
+    kw = dict(mode=mode, stride=2, block_size=8)
+    loss = supervised_local_contrastive_loss(low, labels, **kw)
+    assert loss.dtype == tf.float32
+    rounded = tf.cast(low, tf.float64).numpy()
+    ref, _ = np_supervised(rounded, labels, mode, stride=2, block=8)
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_mode_raises():
+    features, labels = make_inputs()
+    with pytest.raises(ValueError):
+        supervised_local_contrastive_loss(features, labels, mode="dense")
+
+
+# --------------------------------------------------------------------------
+# Self-supervised local loss
+# --------------------------------------------------------------------------
+
+
+def np_nt_xent(za: np.ndarray, zb: np.ndarray, t: float) -> float:
+    z = np.concatenate([np_normalize(za), np_normalize(zb)])
+    n = len(za)
+    s = z @ z.T / t
+    losses = []
+    for i in range(2 * n):
+        p = (i + n) % (2 * n)
+        others = np.arange(2 * n) != i
+        losses.append(np_logsumexp(s[i, others]) - s[i, p])
+    return float(np.mean(losses))
+
+
+def test_points_documented_coordinates():
+    # 16 x 24 map, margins 2 and 3: rows 2, 7, 13; cols 3, 11, 20; quarters 4, 10 / 7, 15.
+    grid = [(r, c) for r in (2, 7, 13) for c in (3, 11, 20)]
+    quarters = [(4, 7), (4, 15), (10, 7), (10, 15)]
+    assert local_contrastive_points(16, 24, 9) == grid
+    assert local_contrastive_points(16, 24, 13) == grid + quarters
+    assert local_contrastive_points(16, 24, 9, margin=0)[0] == (0, 0)
+    assert local_contrastive_points(16, 24, 9, margin=0)[-1] == (15, 23)
+    for bad in (7, 12):
+        with pytest.raises(ValueError):
+            local_contrastive_points(16, 24, bad)
+    with pytest.raises(ValueError):
+        local_contrastive_points(3, 3, 13)
+
+
+@pytest.mark.parametrize("positions", [9, 13])
+def test_self_supervised_matches_numpy(positions):
+    rng = np.random.default_rng(12)
+    f_a = rng.normal(size=(3, 16, 24, 6)).astype(np.float32)
+    f_b = (f_a + 0.5 * rng.normal(size=f_a.shape)).astype(np.float32)
+    points = [(2, 3), (2, 11), (2, 20), (7, 3), (7, 11), (7, 20), (13, 3), (13, 11), (13, 20)]
+    if positions == 13:
+        points += [(4, 7), (4, 15), (10, 7), (10, 15)]
+    rows, cols = np.array(points).T
+    za = f_a[:, rows, cols].reshape(-1, 6)  # [B*P, C], same order for both views
+    zb = f_b[:, rows, cols].reshape(-1, 6)
+    ref = np_nt_xent(za, zb, 0.1)
+    loss = self_supervised_local_contrastive_loss(f_a, f_b, temperature=0.1, positions=positions)
+    assert loss.dtype == tf.float32
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
+    # float16 input is computed in float32.
+    loss16 = self_supervised_local_contrastive_loss(tf.cast(f_a, tf.float16), tf.cast(f_b, tf.float16), positions=positions)
+    za16 = f_a.astype(np.float16)[:, rows, cols].reshape(-1, 6)
+    zb16 = f_b.astype(np.float16)[:, rows, cols].reshape(-1, 6)
+    np.testing.assert_allclose(float(loss16), np_nt_xent(za16, zb16, 0.1), rtol=1e-5, atol=1e-5)
+
+
+def test_self_supervised_gradient_and_bad_positions():
+    rng = np.random.default_rng(13)
+    f_a = tf.constant(rng.normal(size=(2, 16, 16, 4)), tf.float32)
+    f_b = tf.constant(rng.normal(size=(2, 16, 16, 4)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([f_a, f_b])
+        loss = self_supervised_local_contrastive_loss(f_a, f_b)
+    g_a, g_b = tape.gradient(loss, [f_a, f_b])
+    nonzero = np.argwhere(np.abs(g_a.numpy()).sum(-1) > 0)
+    assert len({(int(r), int(c)) for _, r, c in nonzero}) == 13  # only the 13 points
+    assert np.all(np.isfinite(g_b.numpy()))
+    with pytest.raises(ValueError):
+        self_supervised_local_contrastive_loss(f_a, f_b, positions=5)

@@ -1,0 +1,424 @@
+"""Typed configuration: dataclasses, loaded from YAML and validated on load.
+
+Every section is a frozen dataclass. `load_config(path)` reads a YAML file, rejects
+unknown keys (listing the valid ones), checks every value's type, and runs each
+section's `validate()`. `Config.to_dict()` is the inverse, used to write the
+resolved config beside each run and into exported models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from tfsemiseg.errors import ConfigError
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the volumes come from and how they become 2D slices."""
+
+    layout: Literal["msd", "mmwhs"] = "msd"
+    image_size: int = 64  # paper: 64 for Hippocampus, 160 for MM-WHS
+    slice_axis: int = -1  # reference code: slices along the last axis
+    channel: int = 0  # modality index for 4D (multi-modal) MSD images
+    # raw label value -> class index; values not listed map to 0 (MM-WHS needs one)
+    label_map: Optional[dict[int, int]] = None
+    # class names, index = class; MSD reads them from dataset.json when left empty
+    class_names: Optional[list[str]] = None
+    # add MSD imagesTs (no labels) to the global (unlabeled) stage
+    use_test_images_unlabeled: bool = False
+    cache_dir: str = ".cache/tfsemiseg"
+
+    def validate(self) -> None:
+        _check(self.image_size >= 8, "data.image_size", "must be >= 8")
+        _check(self.slice_axis in (-3, -2, -1, 0, 1, 2), "data.slice_axis", "must be one of 0, 1, 2 (or -3..-1)")
+        _check(self.channel >= 0, "data.channel", "must be >= 0")
+        if self.layout == "mmwhs":
+            _check(bool(self.label_map), "data.label_map", "is required for the mmwhs layout")
+            _check(bool(self.class_names), "data.class_names", "is required for the mmwhs layout")
+        if self.label_map and self.class_names:
+            bad = sorted(v for v in self.label_map.values() if not 0 <= v < len(self.class_names))
+            _check(not bad, "data.label_map", f"maps to classes {bad} outside 0..{len(self.class_names) - 1}")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Volume-level train/val/test splits ("folds" are independent seeded splits)."""
+
+    ratios: tuple[float, float, float] = (3.0, 1.0, 1.0)  # paper: 3:1:1 Hippocampus, 2:1:1 MM-WHS
+    seed: int = 12345
+    num_folds: int = 4  # paper: 4 independent random splits
+
+    def validate(self) -> None:
+        _check(all(r >= 0 for r in self.ratios) and self.ratios[0] > 0, "split.ratios", "must be >= 0 with train > 0")
+        _check(self.num_folds >= 1, "split.num_folds", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class IntensityAugConfig:
+    """Intensity augmentation; each transform fires with its own probability.
+
+    Images are in [0, 1] after per-volume min-max normalisation.
+    """
+
+    brightness_prob: float = 0.5  # reference code: p=0.5 (additive by a bug; ours is multiplicative)
+    brightness_range: tuple[float, float] = (0.7, 1.3)
+    contrast_prob: float = 0.0
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    gamma_prob: float = 0.5  # reference code: gamma (0.5, 2), p=0.5
+    gamma_range: tuple[float, float] = (0.5, 2.0)
+    noise_prob: float = 0.5  # reference code: Gaussian noise std U(0, 0.1), p=0.5
+    noise_std_max: float = 0.1
+    blur_prob: float = 0.0  # SimCLR / paper text mention Gaussian blur
+    blur_sigma_range: tuple[float, float] = (0.5, 1.0)
+
+    def validate(self) -> None:
+        for name in ("brightness", "contrast", "gamma", "noise", "blur"):
+            p = getattr(self, f"{name}_prob")
+            _check(0.0 <= p <= 1.0, f"{name}_prob", "must be in [0, 1]")
+        for name in ("brightness_range", "contrast_range", "gamma_range", "blur_sigma_range"):
+            lo, hi = getattr(self, name)
+            _check(0 < lo <= hi, name, "must be (low, high) with 0 < low <= high")
+        _check(self.noise_std_max >= 0, "noise_std_max", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SpatialAugConfig:
+    """Spatial augmentation, one random affine (+ optional elastic) per sample.
+
+    The same transform is applied to image (bilinear) and label (nearest).
+    """
+
+    flip_prob: float = 0.5  # fine-tune reference code: mirror p=0.5
+    rotation_prob: float = 0.5
+    rotation_max: float = 0.1  # radians; fine-tune reference code: +-0.1 rad
+    scale_prob: float = 0.5
+    scale_range: tuple[float, float] = (0.85, 1.25)  # reference fine-tune 0.5-1.9, global 0.7-1.25
+    crop_prob: float = 0.0  # random resized crop (SimCLR)
+    crop_area_range: tuple[float, float] = (0.5, 1.0)
+    elastic_prob: float = 0.0  # reference code uses elastic; optional here
+    elastic_alpha: float = 4.0  # max displacement in pixels (at model resolution)
+    elastic_sigma: float = 4.0  # smoothing of the displacement field, pixels
+
+    def validate(self) -> None:
+        for name in ("flip", "rotation", "scale", "crop", "elastic"):
+            p = getattr(self, f"{name}_prob")
+            _check(0.0 <= p <= 1.0, f"{name}_prob", "must be in [0, 1]")
+        for name in ("scale_range", "crop_area_range"):
+            lo, hi = getattr(self, name)
+            _check(0 < lo <= hi, name, "must be (low, high) with 0 < low <= high")
+        _check(self.crop_area_range[1] <= 1.0, "crop_area_range", "must not exceed 1")
+        _check(self.rotation_max >= 0 and self.elastic_alpha >= 0 and self.elastic_sigma > 0,
+               "rotation_max/elastic_alpha/elastic_sigma", "must be non-negative (sigma > 0)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation per stage.
+
+    global: two independent views (intensity + spatial); local: two views with intensity
+    only so pixels still correspond; finetune: intensity + spatial on image and label.
+    """
+
+    global_intensity: IntensityAugConfig = field(default_factory=lambda: IntensityAugConfig(blur_prob=0.5))
+    global_spatial: SpatialAugConfig = field(
+        default_factory=lambda: SpatialAugConfig(
+            rotation_max=3.14159,  # reference code: full circle, p=0.5
+            scale_range=(0.7, 1.25),  # reference code: 0.7-1.25, p=0.5
+            crop_prob=0.8,
+            crop_area_range=(0.4, 1.0),
+        )
+    )
+    local_intensity: IntensityAugConfig = field(default_factory=IntensityAugConfig)
+    finetune_intensity: IntensityAugConfig = field(
+        default_factory=lambda: IntensityAugConfig(brightness_prob=0.3, gamma_prob=0.3, noise_prob=0.3)
+    )
+    finetune_spatial: SpatialAugConfig = field(default_factory=SpatialAugConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The 2D U-Net and its contrastive heads."""
+
+    depth: int = 3  # paper: three blocks each way; reference code: 4
+    base_width: int = 16  # 16 on CPU configs; 64 at paper scale
+    norm: Literal["batch", "instance", "group", "none"] = "batch"
+    groups: int = 8  # for norm=group
+    activation: Literal["relu", "leaky_relu"] = "leaky_relu"  # reference code: LeakyReLU(0.01)
+    upsample: Literal["transpose", "bilinear"] = "transpose"  # reference code: transposed conv
+    global_head_dims: tuple[int, int] = (256, 128)  # h1: GAP -> Dense -> ReLU -> Dense
+    local_head_dims: tuple[int, int] = (64, 64)  # h2: 1x1 conv -> ReLU -> 1x1 conv
+
+    def validate(self) -> None:
+        _check(1 <= self.depth <= 6, "model.depth", "must be in 1..6")
+        _check(self.base_width >= 1, "model.base_width", "must be >= 1")
+        if self.norm == "group":
+            _check(self.base_width % self.groups == 0, "model.groups", "must divide model.base_width")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Optimisation settings shared by every stage (Adam)."""
+
+    epochs: int = 10
+    batch_size: int = 16  # global batch (all replicas); contrastive stages: images per batch
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0  # decoupled (AdamW) when > 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = 0.0
+    clip_norm: Optional[float] = None
+    temperature: float = 0.1  # contrastive stages only
+    # local stage: supervised_local_contrastive_loss mode / stride / block size
+    mode: Literal["stride", "block", "full"] = "stride"
+    stride: int = 4  # paper: 4
+    block_size: int = 16  # paper: 16 (reference code default 32)
+    checkpoint_every_steps: int = 200
+    validate_every_epochs: int = 1  # fine-tune: validation Dice and best-checkpoint selection
+
+    def validate(self) -> None:
+        _check(self.epochs >= 0, "epochs", "must be >= 0")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(self.stride >= 1 and self.block_size >= 2, "stride/block_size", "must be >= 1 / >= 2")
+        _check(self.clip_norm is None or self.clip_norm > 0, "clip_norm", "must be > 0 or null")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stages and the runtime they share."""
+
+    global_stage: StageConfig = field(
+        default_factory=lambda: StageConfig(epochs=70, batch_size=64, learning_rate=1e-4, temperature=0.5)
+    )
+    local_stage: StageConfig = field(
+        default_factory=lambda: StageConfig(epochs=60, batch_size=4, learning_rate=1e-4, temperature=0.1)
+    )
+    finetune_stage: StageConfig = field(
+        default_factory=lambda: StageConfig(epochs=120, batch_size=8, learning_rate=5e-4)
+    )
+    devices: int = 0  # 0: all visible GPUs (or one CPU); N>1 on CPU: N logical CPU devices
+    # float32; mixed_float16 (GPUs, with loss scaling); mixed_bfloat16 (CPUs/TPUs). Losses stay float32.
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    deterministic: bool = False  # tf.data determinism + op determinism, for tests
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("global_stage", "local_stage", "finetune_stage"):
+            try:
+                getattr(self, name).validate()
+            except ConfigError as exc:
+                raise ConfigError(f"train.{name}.{exc}") from None
+        _check(self.devices >= 0, "train.devices", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class DownloadSource:
+    """Where `download TASK` fetches an archive from, and its checksum ("md5:HEX" or "sha256:HEX")."""
+
+    url: str
+    checksum: str = ""
+
+    def validate(self) -> None:
+        algo, _, hexdigest = self.checksum.partition(":")
+        _check(algo in ("md5", "sha256") and len(hexdigest) in (32, 64), "checksum", "must be 'md5:HEX' or 'sha256:HEX'")
+
+
+def _default_downloads() -> dict[str, DownloadSource]:
+    # MSD archives as mirrored for MONAI's DecathlonDataset (same URLs and md5 sums).
+    return {
+        "Task04_Hippocampus": DownloadSource(
+            url="https://msd-for-monai.s3-us-west-2.amazonaws.com/Task04_Hippocampus.tar",
+            checksum="md5:9d24dba78a72977dbd1d2e110310f31b",
+        ),
+        "Task02_Heart": DownloadSource(
+            url="https://msd-for-monai.s3-us-west-2.amazonaws.com/Task02_Heart.tar",
+            checksum="md5:06ee59366e1e5124267b774dbd654057",
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a run."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    downloads: dict[str, DownloadSource] = field(default_factory=_default_downloads)
+
+    def validate(self) -> None:
+        for section in ("data", "split", "augment", "model", "train"):
+            try:
+                getattr(self, section).validate()
+            except ConfigError as exc:
+                msg = str(exc)
+                raise ConfigError(msg if msg.startswith(section) else f"{section}.{msg}") from None
+        for task, source in self.downloads.items():
+            try:
+                source.validate()
+            except ConfigError as exc:
+                raise ConfigError(f"downloads.{task}.{exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with dotted-path overrides, e.g. replace(**{"train.seed": 1})."""
+        data = self.to_dict()
+        for dotted, value in changes.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return from_dict(data)
+
+    def digest(self, *sections: str) -> str:
+        """A stable hash of the chosen sections (all when none), for cache keys."""
+        data = self.to_dict()
+        if sections:
+            data = {s: data[s] for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {problem}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it in canonical form."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {_coerce(k, args[0], f"{key} key"): _coerce(v, args[1], f"{key}[{k}]") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.lstrip("-").isdigit():  # YAML dict keys
+                return int(value)
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + u for u in unknown)} in {where}; "
+            f"valid keys: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a Config from plain data (as read from YAML)."""
+    cfg = _build(Config, values or {})
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a YAML config file; None gives the built-in defaults.
+
+    Raises ConfigError naming the file and the offending key.
+    """
+    if path is None:
+        return from_dict({})
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return from_dict(values or {})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from tfsemiseg.io_utils import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,113 @@
+"""tf.data input pipelines, one per stage.
+
+All training pipelines are infinite (shuffle, repeat, augment, batch with a fixed batch
+size) so the engine takes a fixed number of steps per epoch with static shapes.
+Augmentation is stateless: each sample's random seed comes from a seeded
+`tf.data.Dataset.random` stream, so a pipeline with the same seed yields the same
+batches.
+
+global:   every train slice, labels unused -> (view_a, view_b), each [B, H, W, 1]
+local:    labeled slices, intensity-only views -> (view_a, view_b, label [B, H, W])
+finetune: labeled slices, spatial + intensity -> (image [B, H, W, 1], label [B, H, W])
+eval:     one volume's slices in order, no augmentation -> image [b, H, W, 1]
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from tfsemiseg.config import AugmentConfig
+from tfsemiseg.data.preprocess import SliceVolume
+from tfsemiseg.transforms import random_intensity, random_spatial
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _base(arrays: tuple[np.ndarray, ...], seed: int, deterministic: bool) -> tf.data.Dataset:
+    """Shuffled, repeated samples zipped with a per-sample stateless seed [2]."""
+    n = len(arrays[0])
+    if n == 0:
+        raise ValueError("a training pipeline needs at least one slice")
+    ds = tf.data.Dataset.from_tensor_slices(arrays)
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    seeds = tf.data.Dataset.random(seed=seed + 1).batch(2, drop_remainder=True)
+    ds = tf.data.Dataset.zip((ds, seeds))
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    # in-memory data: multi-worker sharding splits elements, not files
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _finish(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def global_dataset(
+    images: np.ndarray, batch_size: int, aug: AugmentConfig, seed: int = 0, deterministic: bool = False
+) -> tf.data.Dataset:
+    """Two independently augmented views of each slice: (view_a, view_b) [B, H, W, 1]."""
+
+    def views(sample, s):
+        (image,) = sample
+        sa, sb, sc, sd = tf.unstack(tf.random.experimental.stateless_split(s, 4))
+
+        def view(seed_spatial, seed_intensity):
+            x, _ = random_spatial(image, None, aug.global_spatial, seed_spatial)
+            return random_intensity(x, aug.global_intensity, seed_intensity)[..., None]
+
+        return view(sa, sb), view(sc, sd)
+
+    ds = _base((images.astype(np.float32),), seed, deterministic)
+    return _finish(ds.map(views, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+
+
+def local_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    aug: AugmentConfig,
+    seed: int = 0,
+    deterministic: bool = False,
+) -> tf.data.Dataset:
+    """Two intensity-only views sharing one label map: (view_a, view_b, label)."""
+
+    def views(sample, s):
+        image, label = sample
+        sa, sb = tf.unstack(tf.random.experimental.stateless_split(s, 2))
+        a = random_intensity(image, aug.local_intensity, sa)[..., None]
+        b = random_intensity(image, aug.local_intensity, sb)[..., None]
+        return a, b, tf.cast(label, tf.int32)
+
+    ds = _base((images.astype(np.float32), labels.astype(np.uint8)), seed, deterministic)
+    return _finish(ds.map(views, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+
+
+def finetune_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    aug: AugmentConfig,
+    seed: int = 0,
+    deterministic: bool = False,
+) -> tf.data.Dataset:
+    """Spatially and intensity-augmented labeled slices: (image [B,H,W,1], label [B,H,W])."""
+
+    def augment(sample, s):
+        image, label = sample
+        sa, sb = tf.unstack(tf.random.experimental.stateless_split(s, 2))
+        x, y = random_spatial(image, tf.cast(label, tf.int32), aug.finetune_spatial, sa)
+        x = random_intensity(x, aug.finetune_intensity, sb)
+        return x[..., None], y
+
+    ds = _base((images.astype(np.float32), labels.astype(np.uint8)), seed, deterministic)
+    return _finish(ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+
+
+def volume_batches(volume: SliceVolume, batch_size: int = 64) -> Iterator[np.ndarray]:
+    """A volume's slices in order, unaugmented, as float32 [b, H, W, 1] batches."""
+    for start in range(0, volume.num_slices, batch_size):
+        yield volume.image[start : start + batch_size, :, :, None]

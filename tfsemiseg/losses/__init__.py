@@ -1,0 +1,35 @@
+"""Losses: global NT-Xent, supervised / self-supervised local contrast, CE + Dice.
+
+Every loss casts its inputs to float32 at entry and returns a scalar float32.
+"""
+
+from tfsemiseg.losses.global_contrastive import global_contrastive_loss, nt_xent_from_pairs
+from tfsemiseg.losses.local_contrastive import (
+    DEFAULT_CHUNK_SIZE,
+    local_contrastive_points,
+    self_supervised_local_contrastive_loss,
+    streaming_masked_lse,
+    supervised_local_contrastive_loss,
+    supervised_local_contrastive_loss_with_count,
+)
+from tfsemiseg.losses.segmentation import (
+    DICE_EPSILON,
+    cross_entropy,
+    segmentation_loss,
+    soft_dice_loss,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DICE_EPSILON",
+    "cross_entropy",
+    "global_contrastive_loss",
+    "local_contrastive_points",
+    "nt_xent_from_pairs",
+    "segmentation_loss",
+    "self_supervised_local_contrastive_loss",
+    "soft_dice_loss",
+    "streaming_masked_lse",
+    "supervised_local_contrastive_loss",
+    "supervised_local_contrastive_loss_with_count",
+]

@@ -1,0 +1,318 @@
+"""The one training loop every stage and baseline uses.
+
+A stage is a `Task`: it builds its model(s), computes its loss on one per-replica batch,
+and makes its dataset. The `Trainer` owns everything else: strategy, optimizer and
+learning-rate schedule, the tf.function step through `strategy.run`, checkpoints
+(resume by re-running the same command), TensorBoard summaries, progress and logs,
+validation with best-checkpoint selection, and the non-finite-loss guard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsemiseg.config import StageConfig
+from tfsemiseg.errors import TfSemisegError
+from tfsemiseg.io_utils import atomic_write_json, ensure_writable_dir
+
+STAGE_DONE = "stage.json"
+
+
+class TrainingError(TfSemisegError):
+    """Training cannot go on (non-finite loss, ...)."""
+
+
+class Task:
+    """What a stage supplies to the Trainer. Subclasses override the marked methods.
+
+    `build` runs inside `strategy.scope()`; `loss` runs per replica inside `strategy.run`
+    and returns (loss, count): the scalar float32 loss of the replica's batch (a mean
+    over its samples, or a loss of the gathered global batch that every replica
+    computes alike) and the number of terms that contributed (0 means "nothing to learn
+    from": the step is skipped when the sum over replicas is 0).
+    """
+
+    name: str = "task"
+
+    def build(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def model(self) -> keras.Model:  # the model whose weights the stage produces
+        raise NotImplementedError
+
+    @property
+    def trainable_variables(self) -> list[tf.Variable]:
+        return self.model.trainable_variables
+
+    def checkpoint_items(self) -> dict[str, Any]:
+        """Objects saved in checkpoints besides the optimizer and counters."""
+        return {"model": self.model}
+
+    def loss(self, batch: Any, rng: tf.random.Generator) -> tuple[tf.Tensor, tf.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def after_update(self) -> None:
+        """In-graph hook after each applied update (e.g. an EMA teacher)."""
+        return None
+
+    def dataset(self, seed: int) -> tf.data.Dataset:  # pragma: no cover - interface
+        """Infinite dataset of global batches."""
+        raise NotImplementedError
+
+    steps_per_epoch: int = 1
+    images_per_step: int = 1
+
+    def validate(self) -> Optional[dict[str, float]]:
+        """Validation metrics (must include 'dice' to select the best checkpoint), or None."""
+        return None
+
+    def summary_images(self) -> dict[str, np.ndarray]:
+        """Images [n, H, W, 3] in [0, 1] for TensorBoard, by tag."""
+        return {}
+
+
+@dataclass
+class FitResult:
+    stage: str
+    steps: int
+    epochs: int
+    seconds: float
+    last_loss: float
+    best_dice: Optional[float] = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def learning_rate_schedule(cfg: StageConfig, total_steps: int, steps_per_epoch: int):
+    """Constant or cosine decay to 0, with optional linear warm-up (in epochs)."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "constant" and warmup == 0:
+        return cfg.learning_rate
+    decay_steps = max(1, total_steps - warmup)
+    alpha = 0.0 if cfg.schedule == "cosine" else 1.0
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else cfg.learning_rate,
+        decay_steps=decay_steps,
+        alpha=alpha,
+        warmup_target=cfg.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(cfg: StageConfig, lr: Any, precision: str) -> keras.Optimizer:
+    """Adam (the paper's optimizer), AdamW when weight decay is set; loss scaling for float16."""
+    kwargs = {"learning_rate": lr, "global_clipnorm": cfg.clip_norm}
+    if cfg.weight_decay > 0:
+        opt: keras.Optimizer = keras.optimizers.AdamW(weight_decay=cfg.weight_decay, **kwargs)
+    else:
+        opt = keras.optimizers.Adam(**kwargs)
+    if precision == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def stage_finished(stage_dir: Path) -> bool:
+    return (Path(stage_dir) / STAGE_DONE).is_file()
+
+
+def _logger(stage_dir: Path, name: str) -> logging.Logger:
+    log = logging.getLogger(f"tfsemiseg.{stage_dir}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        fh = logging.FileHandler(stage_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(fh)
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter(f"[{name}] %(message)s"))
+        log.addHandler(sh)
+    return log
+
+
+class Trainer:
+    """Runs one stage to completion in `stage_dir`, resuming from its checkpoints."""
+
+    def __init__(
+        self,
+        task: Task,
+        cfg: StageConfig,
+        stage_dir: Path,
+        strategy: tf.distribute.Strategy,
+        precision: str = "float32",
+        seed: int = 0,
+        progress: Optional[bool] = None,
+    ):
+        self.task, self.cfg, self.strategy = task, cfg, strategy
+        self.stage_dir = ensure_writable_dir(Path(stage_dir))
+        self.precision, self.seed = precision, seed
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = _logger(self.stage_dir, task.name)
+        self.total_steps = cfg.epochs * task.steps_per_epoch
+        with strategy.scope():
+            task.build()
+            self._schedule = learning_rate_schedule(cfg, self.total_steps, task.steps_per_epoch)
+            self.optimizer = make_optimizer(cfg, self._schedule, precision)
+            # Keras 3: build before the first step, a lazily built optimizer fails in strategy.run
+            self.optimizer.build(task.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.best_dice = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_dice")
+            self.rng = tf.random.Generator.from_seed(seed)
+        items = dict(task.checkpoint_items())
+        self.ckpt = tf.train.Checkpoint(
+            optimizer=self.optimizer, step=self.step, epoch=self.epoch, best_dice=self.best_dice, rng=self.rng, **items
+        )
+        self.manager = tf.train.CheckpointManager(self.ckpt, str(self.stage_dir / "checkpoints"), max_to_keep=2)
+        self.best_ckpt = tf.train.Checkpoint(**items)
+        self.best_manager = tf.train.CheckpointManager(self.best_ckpt, str(self.stage_dir / "best"), max_to_keep=1)
+        self.writer = tf.summary.create_file_writer(str(self.stage_dir / "tb"))
+        self._train_step = self._make_train_step()
+
+    # ------------------------------------------------------------------ step
+    def _make_train_step(self) -> Callable:
+        strategy, task, opt = self.strategy, self.task, self.optimizer
+        num_replicas = strategy.num_replicas_in_sync
+        scaled = isinstance(opt, keras.optimizers.LossScaleOptimizer)
+
+        def forward_backward(batch):
+            with tf.GradientTape() as tape:
+                loss, count = task.loss(batch, self.rng)
+                loss = tf.cast(loss, tf.float32)
+                per_replica = loss / num_replicas
+                if scaled:
+                    per_replica = opt.scale_loss(per_replica)
+            grads = tape.gradient(per_replica, task.trainable_variables)
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, task.trainable_variables)]
+            return loss, tf.cast(count, tf.float32), grads
+
+        def apply(grads):
+            opt.apply(grads, task.trainable_variables)
+            task.after_update()
+
+        @tf.function
+        def train_step(iterator):
+            batch = next(iterator)
+            loss, count, grads = strategy.run(forward_backward, args=(batch,))
+            mean_loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
+            total = strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
+            finite = tf.math.is_finite(mean_loss)
+            if total > 0 and finite:
+                strategy.run(apply, args=(grads,))
+            return mean_loss, total
+
+        return train_step
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> FitResult:
+        cfg, task = self.cfg, self.task
+        if self.manager.latest_checkpoint:
+            self.ckpt.restore(self.manager.latest_checkpoint)
+            self.log.info(f"resumed from {self.manager.latest_checkpoint} at step {int(self.step)}, epoch {int(self.epoch)}")
+        start_time = time.perf_counter()
+        history: list[dict[str, float]] = []
+        last_loss = float("nan")
+        while int(self.epoch) < cfg.epochs:
+            epoch = int(self.epoch)
+            done_in_epoch = int(self.step) - epoch * task.steps_per_epoch
+            ds = task.dataset(self.seed + epoch).skip(done_in_epoch)
+            iterator = iter(self.strategy.experimental_distribute_dataset(ds))
+            bar = keras.utils.Progbar(task.steps_per_epoch, stateful_metrics=["loss", "img/s"]) if self.progress else None
+            if bar and done_in_epoch:
+                bar.update(done_in_epoch)
+            t0, losses, skipped = time.perf_counter(), [], 0
+            for i in range(done_in_epoch, task.steps_per_epoch):
+                loss, count = self._train_step(iterator)
+                loss_v = float(loss)
+                step = int(self.step) + 1
+                if not math.isfinite(loss_v):
+                    good = self.manager.latest_checkpoint or "none"
+                    raise TrainingError(
+                        f"stage {task.name}: non-finite loss ({loss_v}) at step {step}; "
+                        f"the last good checkpoint is kept: {good}"
+                    )
+                self.step.assign(step)
+                if float(count) == 0:
+                    skipped += 1
+                else:
+                    losses.append(loss_v)
+                    last_loss = loss_v
+                elapsed = time.perf_counter() - t0
+                ips = (i + 1 - done_in_epoch) * task.images_per_step / max(elapsed, 1e-9)
+                if step % 10 == 0 or i == task.steps_per_epoch - 1:
+                    with self.writer.as_default(step=step):
+                        tf.summary.scalar(f"{task.name}/loss", loss_v)
+                        tf.summary.scalar(f"{task.name}/learning_rate", self._lr_at(step))
+                        tf.summary.scalar(f"{task.name}/images_per_second", ips)
+                if bar:
+                    bar.update(i + 1, [("loss", loss_v), ("img/s", ips)])
+                if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                    self.manager.save(checkpoint_number=step)
+            self.epoch.assign(epoch + 1)
+            row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "skipped_steps": skipped, "seconds": time.perf_counter() - t0}
+            row.update(self._validate(epoch + 1))
+            history.append(row)
+            self.log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            self.manager.save(checkpoint_number=int(self.step))
+        self.writer.flush()
+        if float(self.best_dice) >= 0 and self.best_manager.latest_checkpoint:
+            self.best_ckpt.restore(self.best_manager.latest_checkpoint).expect_partial()
+            self.log.info(f"restored best checkpoint (validation Dice {float(self.best_dice):.4f})")
+        return FitResult(
+            stage=task.name,
+            steps=int(self.step),
+            epochs=int(self.epoch),
+            seconds=time.perf_counter() - start_time,
+            last_loss=last_loss,
+            best_dice=float(self.best_dice) if float(self.best_dice) >= 0 else None,
+            history=history,
+        )
+
+    def _lr_at(self, step: int) -> float:
+        """The learning rate used by the update of `step` (schedules evaluated there)."""
+        schedule = self.optimizer.learning_rate if not callable(self._schedule) else self._schedule(step - 1)
+        return float(schedule)
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        every = max(1, self.cfg.validate_every_epochs)
+        if epoch % every and epoch != self.cfg.epochs:
+            return {}
+        metrics = self.task.validate()
+        if not metrics:
+            return {}
+        step = int(self.step)
+        with self.writer.as_default(step=step):
+            for key, value in metrics.items():
+                tf.summary.scalar(f"{self.task.name}/val_{key}", value)
+            for tag, images in self.task.summary_images().items():
+                tf.summary.image(f"{self.task.name}/{tag}", images, step=step, max_outputs=len(images))
+        if "dice" in metrics and metrics["dice"] > float(self.best_dice):
+            self.best_dice.assign(metrics["dice"])
+            self.best_manager.save(checkpoint_number=step)
+        return {f"val_{k}": float(v) for k, v in metrics.items()}
+
+
+def write_stage_done(stage_dir: Path, result: FitResult, extra: dict[str, Any]) -> None:
+    """Mark a stage finished (its weights are written before this)."""
+    data = {
+        "stage": result.stage,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "seconds": round(result.seconds, 2),
+        "last_loss": result.last_loss,
+        "best_val_dice": result.best_dice,
+        "history": result.history,
+        **extra,
+    }
+    atomic_write_json(Path(stage_dir) / STAGE_DONE, json.loads(json.dumps(data, default=float)))

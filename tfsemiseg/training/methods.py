@@ -1,0 +1,199 @@
+"""Methods as sequences of stages, run resumably in a run folder, then evaluated.
+
+Run folder layout (ROOT = OUTPUT_DIR/NAME from the config, or --out):
+
+    ROOT/splits.json                                   the folds, reused
+    ROOT/fold{k}/global/                               global stage (no labels: shared
+                                                       by every fraction and method)
+    ROOT/fold{k}/frac{f}/{method}/{local,finetune}/    the labeled stages
+    ROOT/fold{k}/frac{f}/{method}/result.json          test-set evaluation
+
+Each stage folder holds checkpoints/ (resume), best/ (fine-tune), tb/ (TensorBoard),
+train.log, weights.npz (the stage's final weights, by variable name) and stage.json,
+written last: a stage with stage.json is finished and is skipped on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import keras
+
+from tfsemiseg.config import Config
+from tfsemiseg.data.prepared import PreparedData, TrainingArrays, evaluation_volumes, prepare_dataset, training_arrays
+from tfsemiseg.errors import TfSemisegError
+from tfsemiseg.evaluation import evaluate_volumes, format_report
+from tfsemiseg.io_utils import atomic_write_json, read_json
+from tfsemiseg.models.transfer import load_weights_by_name, save_weights_by_name
+from tfsemiseg.models.unet import build_unet
+from tfsemiseg.training.engine import STAGE_DONE, Trainer, stage_finished, write_stage_done
+from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
+
+WEIGHTS = "weights.npz"
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stage: str  # "global" | "local" | "finetune"
+    init_from: Optional[str] = None  # previous stage of this plan
+    local_mode: Optional[str] = None  # local stage: stride | block | full
+
+
+_REQUIRE = {"global": ("encoder",), "local": ("encoder", "decoder")}
+
+METHODS: dict[str, list[StagePlan]] = {
+    "random": [StagePlan("finetune")],
+    "global": [StagePlan("global"), StagePlan("finetune", "global")],
+    "local-stride": [StagePlan("local", None, "stride"), StagePlan("finetune", "local")],
+    "local-block": [StagePlan("local", None, "block"), StagePlan("finetune", "local")],
+    "global+local-stride": [StagePlan("global"), StagePlan("local", "global", "stride"), StagePlan("finetune", "local")],
+    "global+local-block": [StagePlan("global"), StagePlan("local", "global", "block"), StagePlan("finetune", "local")],
+    "global+local-full": [StagePlan("global"), StagePlan("local", "global", "full"), StagePlan("finetune", "local")],
+}
+
+
+def canonical_method(name: str) -> str:
+    """Accept the paper's spelling too: 'global+local(block)' -> 'global+local-block'."""
+    key = name.strip().lower().replace("(", "-").replace(")", "").replace(" ", "")
+    if key not in METHODS:
+        raise TfSemisegError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return key
+
+
+def method_dir(root: Path, method: str, fraction: float, fold: int) -> Path:
+    return Path(root) / f"fold{fold}" / f"frac{fraction:g}" / canonical_method(method)
+
+
+def stage_dir(root: Path, method: str, fraction: float, fold: int, stage: str) -> Path:
+    if stage == "global":
+        return Path(root) / f"fold{fold}" / "global"
+    return method_dir(root, method, fraction, fold) / stage
+
+
+def _stage_digest(cfg: Config, plan: StagePlan) -> str:
+    """Hash of every setting the stage's result depends on (to refuse stale reuse)."""
+    d = cfg.to_dict()
+    stage_cfg = d["train"][f"{plan.stage}_stage"]
+    parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
+             "stage": stage_cfg, "seed": d["train"]["seed"], "plan": [plan.stage, plan.init_from, plan.local_mode]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_reuse(folder: Path, digest: str) -> None:
+    info = read_json(folder / STAGE_DONE)
+    if info.get("config_digest") != digest:
+        raise TfSemisegError(
+            f"{folder}: finished with a different configuration (digest {info.get('config_digest')} != {digest}); "
+            "use another --out or config name, or delete that folder"
+        )
+
+
+def run_method(
+    cfg: Config,
+    data: PreparedData,
+    root: Path,
+    method: str,
+    fraction: float,
+    fold: int,
+    strategy,
+    echo: Callable[[str], None] = print,
+    until: Optional[str] = None,
+) -> Optional[dict[str, Any]]:
+    """Run (or resume) every stage of `method`, then evaluate on the test volumes.
+
+    With `until`, stop after that stage (evaluating only if it is the fine-tune stage).
+    """
+    method = canonical_method(method)
+    keras.mixed_precision.set_global_policy(cfg.train.precision)
+    split = data.split(fold)
+    arrays = training_arrays(data, split, fraction)
+    folders: dict[str, Path] = {}
+    plans = METHODS[method]
+    if until is not None:
+        if until not in [p.stage for p in plans]:
+            raise TfSemisegError(f"method {method} has no {until} stage (its stages: {', '.join(p.stage for p in plans)})")
+        plans = plans[: [p.stage for p in plans].index(until) + 1]
+    for plan in plans:
+        folder = stage_dir(root, method, fraction, fold, plan.stage)
+        folders[plan.stage] = folder
+        digest = _stage_digest(_with_mode(cfg, plan), plan)
+        if stage_finished(folder):
+            _check_reuse(folder, digest)
+            echo(f"[{plan.stage}] already finished in {folder}")
+            continue
+        init = None
+        if plan.init_from is not None:
+            init = (folders[plan.init_from] / WEIGHTS, _REQUIRE[plan.init_from])
+        task = _make_task(_with_mode(cfg, plan), plan, arrays, data, split, init, strategy.num_replicas_in_sync)
+        echo(f"[{plan.stage}] training in {folder} ({task.steps_per_epoch} steps/epoch)")
+        trainer = Trainer(task, task.stage, folder, strategy, cfg.train.precision, cfg.train.seed)
+        if task.transfer is not None:
+            echo(f"[{plan.stage}] initial weights from {task.transfer.path}: {task.transfer.summary()}")
+        result = trainer.fit()
+        save_weights_by_name(task.model, folder / WEIGHTS)
+        write_stage_done(folder, result, {
+            "config_digest": digest, "method": method, "fold": fold, "fraction": fraction,
+            "split_digest": split.digest(), "init": task.transfer.summary() if task.transfer else "random",
+        })
+    if plans[-1].stage != "finetune":
+        return None
+    return evaluate_method(cfg, data, root, method, fraction, fold, echo)
+
+
+def evaluate_method(
+    cfg: Config, data: PreparedData, root: Path, method: str, fraction: float, fold: int,
+    echo: Callable[[str], None] = print, part: str = "test",
+) -> dict[str, Any]:
+    """Evaluate the fine-tuned weights of a finished method on the split's test volumes."""
+    method = canonical_method(method)
+    folder = method_dir(root, method, fraction, fold)
+    weights = stage_dir(root, method, fraction, fold, "finetune") / WEIGHTS
+    if not weights.is_file():
+        raise TfSemisegError(f"{weights}: missing; run the method first")
+    split = data.split(fold)
+    unet = build_unet(cfg.model, cfg.data.image_size, len(data.class_names))
+    load_weights_by_name(unet.segmenter, weights, require=("encoder", "decoder", "seg_head"))
+    start = time.perf_counter()
+    report = evaluate_volumes(unet.segmenter, evaluation_volumes(data, split, part), data.class_names)
+    stages = {}
+    for plan in METHODS[method]:
+        info = read_json(stage_dir(root, method, fraction, fold, plan.stage) / STAGE_DONE)
+        stages[plan.stage] = {k: info.get(k) for k in ("seconds", "steps", "epochs", "last_loss", "best_val_dice", "init")}
+    result = {
+        "method": method, "fold": fold, "fraction": fraction, "part": part,
+        "split_digest": split.digest(), "num_labeled_volumes": len(split.labeled(fraction)),
+        "labeled_cases": split.labeled(fraction), "seed": cfg.train.seed,
+        "stages": stages, "eval_seconds": round(time.perf_counter() - start, 2),
+        "metrics": report, "config": cfg.to_dict(),
+    }
+    atomic_write_json(folder / (RESULT if part == "test" else f"result_{part}.json"), result)
+    echo(f"{method}, fold {fold}, {100 * fraction:g}% labeled ({len(split.labeled(fraction))} volumes), {part} set:")
+    echo(format_report(report))
+    return result
+
+
+def _with_mode(cfg: Config, plan: StagePlan) -> Config:
+    if plan.stage == "local" and plan.local_mode and plan.local_mode != cfg.train.local_stage.mode:
+        return cfg.replace(**{"train.local_stage.mode": plan.local_mode})
+    return cfg
+
+
+def _make_task(cfg, plan, arrays: TrainingArrays, data: PreparedData, split, init, num_replicas: int):
+    k = len(data.class_names)
+    if plan.stage == "global":
+        return GlobalTask(cfg, arrays, k, init_from=init, num_replicas=num_replicas)
+    if plan.stage == "local":
+        return LocalTask(cfg, arrays, k, init_from=init, num_replicas=num_replicas)
+    return FinetuneTask(cfg, arrays, k, evaluation_volumes(data, split, "val"), init_from=init, num_replicas=num_replicas)
+
+
+def prepare_and_run(cfg: Config, data_dir: Path, root: Path, method: str, fraction: float, fold: int, strategy,
+                    echo: Callable[[str], None] = print, until: Optional[str] = None) -> Optional[dict[str, Any]]:
+    data = prepare_dataset(cfg, data_dir, root)
+    return run_method(cfg, data, root, method, fraction, fold, strategy, echo, until)

@@ -1,0 +1,160 @@
+"""The stages: each is a model, a loss and a dataset handed to the one Trainer.
+
+global   encoder + h1, `global_contrastive_loss` on two views of every train slice
+local    encoder + decoder + h2, `supervised_local_contrastive_loss` on labeled slices
+finetune U-Net + 1x1 head, `segmentation_loss` on labeled slices; validation Dice
+
+Under a multi-replica strategy, the local and fine-tune losses are computed on the
+batch gathered from every replica (the local loss pools pixels of all maps, the Dice
+term pools the batch), so the value and gradient equal the single-device ones.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsemiseg.config import Config, StageConfig
+from tfsemiseg.data.pipelines import finetune_dataset, global_dataset, local_dataset
+from tfsemiseg.data.prepared import TrainingArrays
+from tfsemiseg.data.preprocess import SliceVolume
+from tfsemiseg.evaluation import overlay_images, pooled_dice_of
+from tfsemiseg.losses import (
+    global_contrastive_loss,
+    segmentation_loss,
+    supervised_local_contrastive_loss_with_count,
+)
+from tfsemiseg.models.transfer import TransferReport, load_weights_by_name
+from tfsemiseg.models.unet import UNet, build_unet
+from tfsemiseg.training.engine import Task
+from tfsemiseg.training.strategy import replica_gather
+
+
+class UNetTask(Task):
+    """Common parts: one U-Net, optional initial weights, fixed-size batches."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        stage: StageConfig,
+        num_classes: int,
+        num_samples: int,
+        init_from: Optional[tuple[Path, Sequence[str]]] = None,
+        num_replicas: int = 1,
+    ):
+        self.cfg, self.stage, self.num_classes = cfg, stage, num_classes
+        self.init_from = init_from
+        self.transfer: Optional[TransferReport] = None
+        self.unet: Optional[UNet] = None
+        self.steps_per_epoch = max(1, num_samples // stage.batch_size)
+        self.images_per_step = stage.batch_size
+        if stage.batch_size % num_replicas:
+            raise ValueError(f"batch_size {stage.batch_size} must be divisible by the {num_replicas} replicas")
+
+    def build(self) -> None:
+        self.unet = build_unet(self.cfg.model, self.cfg.data.image_size, self.num_classes)
+        if self.init_from is not None:
+            path, require = self.init_from
+            self.transfer = load_weights_by_name(self.model, path, require)
+
+
+class GlobalTask(UNetTask):
+    name = "global"
+
+    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, **kw: Any):
+        super().__init__(cfg, cfg.train.global_stage, num_classes, len(arrays.unlabeled_images), **kw)
+        self.images = arrays.unlabeled_images
+
+    @property
+    def model(self) -> keras.Model:
+        return self.unet.global_model
+
+    def loss(self, batch, rng):
+        view_a, view_b = batch
+        z = self.model(tf.concat([view_a, view_b], 0), training=True)
+        z_a, z_b = tf.split(z, 2, axis=0)
+        loss = global_contrastive_loss(z_a, z_b, self.stage.temperature)
+        return loss, tf.shape(view_a)[0]
+
+    def dataset(self, seed: int) -> tf.data.Dataset:
+        return global_dataset(self.images, self.stage.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic)
+
+
+class LocalTask(UNetTask):
+    name = "local"
+
+    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, **kw: Any):
+        super().__init__(cfg, cfg.train.local_stage, num_classes, len(arrays.labeled_images), **kw)
+        self.images, self.labels = arrays.labeled_images, arrays.labeled_labels
+        self.images_per_step = 2 * self.stage.batch_size  # two views per image
+
+    @property
+    def model(self) -> keras.Model:
+        return self.unet.local_model
+
+    def loss(self, batch, rng):
+        view_a, view_b, label = batch
+        features = self.model(tf.concat([view_a, view_b], 0), training=True)
+        labels = tf.concat([label, label], 0)
+        s = self.stage
+        return supervised_local_contrastive_loss_with_count(
+            replica_gather(features), replica_gather(labels), s.temperature, s.mode, s.stride, s.block_size
+        )
+
+    def dataset(self, seed: int) -> tf.data.Dataset:
+        return local_dataset(
+            self.images, self.labels, self.stage.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic
+        )
+
+
+class FinetuneTask(UNetTask):
+    name = "finetune"
+
+    def __init__(
+        self,
+        cfg: Config,
+        arrays: TrainingArrays,
+        num_classes: int,
+        val_volumes: Sequence[SliceVolume] = (),
+        **kw: Any,
+    ):
+        super().__init__(cfg, cfg.train.finetune_stage, num_classes, len(arrays.labeled_images), **kw)
+        self.images, self.labels = arrays.labeled_images, arrays.labeled_labels
+        self.val_volumes = list(val_volumes)
+        self._last_val: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+
+    @property
+    def model(self) -> keras.Model:
+        return self.unet.segmenter
+
+    def loss(self, batch, rng):
+        image, label = batch
+        logits = self.model(image, training=True)
+        loss = segmentation_loss(replica_gather(logits), replica_gather(label), self.num_classes)
+        return loss, tf.shape(image)[0]
+
+    def dataset(self, seed: int) -> tf.data.Dataset:
+        return finetune_dataset(
+            self.images, self.labels, self.stage.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic
+        )
+
+    def validate(self) -> Optional[dict[str, float]]:
+        if not self.val_volumes:
+            return None
+        result, sample = pooled_dice_of(self.model, self.val_volumes, self.num_classes)
+        self._last_val = sample
+        metrics = {"dice": result["mean"]}
+        for c, value in enumerate(result["per_class"], start=1):
+            metrics[f"dice_class{c}"] = value if math.isfinite(value) else 0.0
+        return metrics
+
+    def summary_images(self) -> dict[str, np.ndarray]:
+        if self._last_val is None:
+            return {}
+        image, label, pred = self._last_val
+        return {"val_overlay": overlay_images(image, label, pred, self.num_classes)}

@@ -1,0 +1,63 @@
+"""Choosing the tf.distribute strategy from the config and the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from tfsemiseg.errors import TfSemisegError
+
+
+def configure_logical_cpus(n: int) -> None:
+    """Split the CPU into `n` logical devices (must run before TensorFlow initialises)."""
+    cpus = tf.config.list_physical_devices("CPU")
+    current = tf.config.get_logical_device_configuration(cpus[0])
+    if current is not None and len(current) == n:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError as exc:
+        raise TfSemisegError(
+            f"cannot create {n} logical CPU devices: TensorFlow is already initialised ({exc}); "
+            "set train.devices before any TensorFlow work in this process"
+        ) from None
+
+
+def make_strategy(devices: int = 0) -> tf.distribute.Strategy:
+    """The strategy for this process.
+
+    - TF_CONFIG set: MultiWorkerMirroredStrategy (one process per worker).
+    - GPUs visible: MirroredStrategy over all of them (or the first `devices`).
+    - no GPU and devices > 1: MirroredStrategy over `devices` logical CPU devices
+      (useful for tests and for checking distributed code on a laptop).
+    - otherwise the default (single-device) strategy.
+    """
+    if os.environ.get("TF_CONFIG"):
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as exc:
+            raise TfSemisegError(f"TF_CONFIG is not valid JSON ({exc})") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [f"/gpu:{i}" for i in range(len(gpus))][: devices or None]
+        return tf.distribute.MirroredStrategy(names) if len(names) > 1 else tf.distribute.OneDeviceStrategy(names[0])
+    if devices > 1:
+        configure_logical_cpus(devices)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(devices)])
+    return tf.distribute.get_strategy()
+
+
+def replica_gather(x: tf.Tensor) -> tf.Tensor:
+    """Concatenate `x` along axis 0 over all replicas (identity on one replica).
+
+    Differentiable: the gradient of each replica's slice is the sum over replicas of the
+    upstream gradients, so a loss computed on the gathered batch by every replica and
+    scaled by 1/num_replicas has the single-device gradient.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_gather(x, axis=0)
