@@ -230,7 +230,10 @@ def test_finetune_rotation_scale_same_geometry_for_image_and_label():
 @pytest.mark.parametrize("stage", ["global", "finetune"])
 def test_same_seed_same_batches_other_seed_differs(stage):
     images, labels = _synthetic(n=16)
-    aug = Config().augment
+    # cheap random augmentation (graph building of the full default set is slow on CI);
+    # what is tested here is the seeding of the pipeline: shuffle order + per-sample seeds
+    changes = {f"augment.{stage}_spatial.flip_prob": 0.5, f"augment.{stage}_intensity.noise_prob": 1.0}
+    aug = no_aug(Config()).replace(**changes).augment
 
     def first(seed):
         if stage == "global":

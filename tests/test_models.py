@@ -95,15 +95,22 @@ def test_submodel_output_shapes(depth: int, norm: str, upsample: str, activation
         assert y.shape == expected[model], model.name
         assert np.isfinite(y).all(), model.name
 
-    # conv bias only without a normalisation after it; norm layers are the configured kind
-    conv = unet.segmenter.get_layer("enc0_conv0")
-    assert conv.use_bias == (norm == "none")
-    names = {layer.name for layer in unet.segmenter.layers}
-    assert ("enc0_norm0" in names) == (norm != "none")
-    assert f"dec{depth - 1}_up" in names and "dec0_conv1" in names and "bottleneck_conv1" in names
-    assert ("dec0_resize" in names) == (upsample == "bilinear")
-    if norm == "batch":
-        assert conv is not None and unet.segmenter.get_layer("enc0_norm0").synchronized
+    # conv bias only without a normalisation after it; layers of the configured kind
+    layers = {layer.name: layer for layer in unet.segmenter.layers}
+    assert layers["enc0_conv0"].use_bias == (norm == "none")
+    assert f"dec{depth - 1}_up" in layers and "dec0_conv1" in layers and "bottleneck_conv1" in layers
+    assert ("dec0_resize" in layers) == (upsample == "bilinear")
+    act = layers["dec0_act1"]
+    assert isinstance(act, keras.layers.LeakyReLU if activation == "leaky_relu" else keras.layers.ReLU)
+    if activation == "leaky_relu":
+        assert act.negative_slope == pytest.approx(0.01)
+    if norm == "none":
+        assert "enc0_norm0" not in layers
+    elif norm == "batch":
+        assert isinstance(layers["dec1_norm0"], keras.layers.BatchNormalization) and layers["dec1_norm0"].synchronized
+    else:  # dec1 has 16 channels: instance = 16 groups of 1, group = cfg.groups
+        assert isinstance(layers["dec1_norm0"], keras.layers.GroupNormalization)
+        assert layers["dec1_norm0"].groups == (16 if norm == "instance" else 2)
 
 
 def test_layer_names_prefix_variable_paths_and_parts(small_unet: UNet) -> None:

@@ -111,11 +111,11 @@ def format_report(report: dict[str, Any]) -> str:
     pd, vd, hd = report["pooled_dice"], report["volume_dice"], report["hd95_mm"]
     rows.append(row("Dice, pooled (paper)", pd["per_class"], pd["mean"]))
     rows.append(row("Dice, per volume: mean", vd["mean"], vd["mean_over_classes"]))
-    rows.append(row("Dice, per volume: std", vd["std"], None))
+    rows.append(row("Dice, per volume: std", vd["std"], ""))
     rows.append(row("HD95 mm, per volume: mean", hd["mean"], hd["mean_over_classes"], "{:.2f}"))
-    rows.append(row("HD95 mm, per volume: std", hd["std"], None, "{:.2f}"))
+    rows.append(row("HD95 mm, per volume: std", hd["std"], "", "{:.2f}"))
     missed = [s.get("missing_prediction", 0) for s in hd["status_counts"]]
-    rows.append(row("volumes with class missed", missed, None, "{}"))
+    rows.append(row("volumes with class missed", missed, "", "{}"))
     return "\n".join(rows) + f"\n({report['num_volumes']} volumes)"
 
 
@@ -133,9 +133,9 @@ def overlay_images(image: np.ndarray, label: np.ndarray, pred: np.ndarray, num_c
 
 
 def _fmt(v: Any, fmt: str) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float) and math.isnan(v):
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     return fmt.format(v)
 

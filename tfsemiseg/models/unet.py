@@ -9,7 +9,9 @@ the very same layer objects (and weights):
     global_model      image -> h1 projection [B, D]           (stage 1, "global")
     local_model       image -> h2 embedding [B, S, S, E]      (stage 2, "local")
 
-with d = `ModelConfig.depth`, w = `ModelConfig.base_width`.
+with d = `ModelConfig.depth`, w = `ModelConfig.base_width`. Under a `mixed_float16`
+policy the body computes in float16 while the logits and both head outputs are float32
+(their last layers have dtype="float32"); `encoder`/`decoder_features` outputs are float16.
 
 Layer names are stable and carry their part as a prefix; every variable's
 `variable.path` is `<layer name>/<weight name>` (e.g. `enc0_conv0/kernel`), which is

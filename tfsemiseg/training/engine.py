@@ -165,10 +165,12 @@ class Trainer:
             self.optimizer = make_optimizer(cfg, self._schedule, precision)
             # Keras 3: build before the first step, a lazily built optimizer fails in strategy.run
             self.optimizer.build(task.trainable_variables)
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            self.best_dice = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_dice")
             self.rng = tf.random.Generator.from_seed(seed)
+        # Host-side counters, read with int()/float() in the loop: created outside the
+        # strategy scope (a MirroredVariable has no __int__/__float__).
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.best_dice = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_dice")
         items = dict(task.checkpoint_items())
         self.ckpt = tf.train.Checkpoint(
             optimizer=self.optimizer, step=self.step, epoch=self.epoch, best_dice=self.best_dice, rng=self.rng, **items
@@ -282,7 +284,8 @@ class Trainer:
     def _lr_at(self, step: int) -> float:
         """The learning rate used by the update of `step` (schedules evaluated there)."""
         schedule = self.optimizer.learning_rate if not callable(self._schedule) else self._schedule(step - 1)
-        return float(schedule)
+        # convert_to_tensor: under a strategy the optimizer's variable is a MirroredVariable (no __float__)
+        return float(tf.convert_to_tensor(schedule))
 
     def _validate(self, epoch: int) -> dict[str, float]:
         every = max(1, self.cfg.validate_every_epochs)

@@ -1,0 +1,67 @@
+"""Evaluation on whole volumes: pooled Dice, native-resolution Dice and HD95, the report."""
+
+import json
+
+import keras
+import numpy as np
+
+from tfsemiseg.data.preprocess import SliceVolume, resize_slices
+from tfsemiseg.evaluation import evaluate_volumes, format_report, to_native
+
+
+def oracle_model(size: int, num_classes: int) -> keras.Model:
+    """Logits that recover class c from an image whose intensity is c / (K - 1)."""
+    x = keras.Input((size, size, 1))
+    centres = np.linspace(0, 1, num_classes).astype("float32")
+    logits = keras.layers.Lambda(lambda t: -1000.0 * (t - centres) ** 2)(x)
+    return keras.Model(x, logits)
+
+
+def make_volume(case_id: str, native: np.ndarray, size: int, k: int) -> SliceVolume:
+    label = resize_slices(native, size, "nearest")
+    return SliceVolume(case_id, label.astype("float32") / (k - 1), label, native, native.shape, (2.0, 1.0, 1.0), np.eye(4))
+
+
+def test_perfect_model_scores_one_and_report_is_json():
+    rng = np.random.default_rng(0)
+    k, size = 3, 32
+    vols = []
+    for i in range(2):
+        native = np.zeros((6, 40, 28), np.uint8)
+        native[:, 10:25, 5:15] = 1
+        native[:, 25:32, 5:15] = 2
+        native[: rng.integers(1, 3)] = 0  # some empty slices
+        vols.append(make_volume(f"c{i}", native, size, k))
+    report = evaluate_volumes(oracle_model(size, k), vols, ["bg", "a", "b"])
+    assert report["pooled_dice"]["per_class"] == [1.0, 1.0]
+    # native resolution: probabilities resized back; boundaries may move by < 1 model pixel
+    assert min(report["volume_dice"]["mean"]) > 0.9
+    assert report["hd95_mm"]["mean_over_classes"] < 2.0
+    assert [c["case"] for c in report["cases"]] == ["c0", "c1"]
+    json.dumps(report)  # JSON-ready: no NaN objects, no numpy types
+    table = format_report(report)
+    assert "Dice, pooled (paper)" in table and "1.0000" in table
+
+
+def test_missed_class_counts_as_zero_dice_and_undefined_hd95():
+    k, size = 3, 16
+    native = np.zeros((4, 16, 16), np.uint8)
+    native[:, 4:10, 4:10] = 2
+    vol = make_volume("v", native, size, k)
+    vol.image[:] = 0  # the model then predicts background everywhere
+    report = evaluate_volumes(oracle_model(size, k), [vol], ["bg", "a", "b"])
+    assert report["pooled_dice"]["per_class"][0] is None  # class 1 absent from both: excluded
+    assert report["pooled_dice"]["per_class"][1] == 0.0
+    assert report["cases"][0]["hd95_status"] == ["absent", "missing_prediction"]
+    assert report["hd95_mm"]["status_counts"][1]["missing_prediction"] == 1
+    assert "n/a" in format_report(report)
+
+
+def test_to_native_resizes_probabilities_then_argmax():
+    probs = np.zeros((1, 4, 4, 2), np.float32)
+    probs[..., 0] = 1
+    probs[0, :2, :2] = [0, 1]
+    out = to_native(probs, (1, 8, 8))
+    assert out.shape == (1, 8, 8)
+    # bilinear blend is 0.5 exactly on the boundary rows/cols; argmax ties go to class 0
+    assert (out[0, :3, :3] == 1).all() and (out[0, 5:, :] == 0).all() and (out[0, :, 5:] == 0).all()
