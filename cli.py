@@ -196,6 +196,57 @@ def evaluate(config_path, data_dir, fraction, fold, out, method, part) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="Destination folder, e.g. saved_models/NAME.")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@friendly_errors
+def export(run_dir: Path, dest: Path, force: bool) -> None:
+    """Export a finished run (its method folder) as a SavedModel that segments whole volumes.
+
+    Signature serving_default: slices float32 [N, H, W] -> probabilities [N, H, W, K],
+    labels int32 [N, H, W]; metadata.json beside it. Written to a temporary folder first.
+    """
+    from tfsemiseg.serving.export import export_run
+
+    if dest.exists() and not force:
+        raise TfSemisegError(f"{dest}: already exists (use --force to replace it)")
+    export_run(run_dir, dest, overwrite=force)
+    click.echo(f"exported {run_dir} to {dest}")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="An exported model folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the label NIfTIs.")
+@click.option("--probabilities", is_flag=True, help="Also write a 4D float probability map per input.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@friendly_errors
+def predict(inputs, model_dir: Path, out_dir: Path, probabilities: bool, force: bool) -> None:
+    """Segment NIfTI volumes (files or folders) with an exported model; one uint8 label NIfTI each."""
+    from tfsemiseg.serving.predict import expand_inputs, predict_files
+
+    files = expand_inputs(inputs)
+    lines: list[str] = []
+    with click.progressbar(length=len(files), label="segmenting", file=sys.stderr) as bar:
+        def done(pred):
+            lines.append(pred.summary(names))
+            bar.update(1)
+        names = _class_names(model_dir)
+        predict_files(model_dir, files, out_dir, force, probabilities, done)
+    for line in lines:
+        click.echo(line)
+
+
+def _class_names(model_dir: Path) -> list[str]:
+    import json
+
+    meta = model_dir / "metadata.json"
+    if not meta.is_file():
+        raise TfSemisegError(f"{model_dir}: not an exported model (no metadata.json)")
+    return json.loads(meta.read_text())["class_names"]
+
+
+@cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @friendly_errors
 def demo(out: Path) -> None:

@@ -95,6 +95,29 @@ def no_aug(cfg: Config) -> Config:
     return cfg.replace(**changes)
 
 
+def np_bilinear(x: np.ndarray, size: int) -> np.ndarray:
+    """Independent bilinear resize of one [h, w] slice, half-pixel centres, edge clamp."""
+
+    def axis(n: int):
+        s = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+        lo = np.floor(s).astype(int)
+        return lo, np.minimum(lo + 1, n - 1), s - lo
+
+    rl, rh, rf = axis(x.shape[0])
+    cl, ch, cf = axis(x.shape[1])
+    x = x.astype(np.float64)
+    top = x[rl][:, cl] * (1 - cf) + x[rl][:, ch] * cf
+    bottom = x[rh][:, cl] * (1 - cf) + x[rh][:, ch] * cf
+    return top * (1 - rf[:, None]) + bottom * rf[:, None]
+
+
+def np_nearest(x: np.ndarray, size: int) -> np.ndarray:
+    """Independent nearest-neighbour resize, half-pixel centres."""
+    r = np.minimum(np.floor((np.arange(size) + 0.5) * x.shape[0] / size).astype(int), x.shape[0] - 1)
+    c = np.minimum(np.floor((np.arange(size) + 0.5) * x.shape[1] / size).astype(int), x.shape[1] - 1)
+    return x[r][:, c]
+
+
 # --------------------------------------------------------------------------- fixtures
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PHANTOM_SHAPE, PHANTOM_TRAIN, read_nifti, write_msd, write_nifti
+from conftest import PHANTOM_SHAPE, PHANTOM_TRAIN, np_bilinear, read_nifti, write_msd, write_nifti
 from tfsemiseg.config import load_config
 from tfsemiseg.data.datasets import discover
 from tfsemiseg.data.nifti import read_image, read_label
@@ -90,10 +90,9 @@ def test_4d_image_reads_configured_channel(tmp_path, make_cfg):
     out = preprocess_case(index.labeled[0], cfg.data, 2)
     lo, hi = data[..., 2].min(), data[..., 2].max()
     expected = np.moveaxis((data[..., 2] - lo) / (hi - lo), -1, 0)  # [5, 6, 7] before resize
-    import tensorflow as tf
-
-    resized = tf.image.resize(expected[..., None].astype(np.float32), (8, 8)).numpy()[..., 0]
-    np.testing.assert_allclose(out.image, resized, atol=1e-5)
+    assert out.image.shape == (5, 8, 8)
+    for k in range(5):
+        np.testing.assert_allclose(out.image[k], np_bilinear(expected[k], 8), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- MM-WHS layout
@@ -143,6 +142,20 @@ def test_mmwhs_layout_maps_raw_labels(tmp_path, label_dtype):
         assert set(np.unique(vol.array)) == set(range(8))  # every class present, 421/1000/7 -> 0
         sv = preprocess_case(case, cfg.data, index.num_classes)
         np.testing.assert_array_equal(sv.native_label, np.moveaxis(expected, -1, 0))
+
+
+def test_shipped_mmwhs_config_maps_labels(tmp_path):
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "mmwhs.yaml"
+    if not shipped.is_file():
+        pytest.skip(f"{shipped} not written yet")
+    cfg = load_config(shipped).replace(**{"data.cache_dir": str(tmp_path / "cache"), "data.image_size": 16})
+    assert cfg.data.layout == "mmwhs" and cfg.data.label_map == MMWHS_MAP and len(cfg.data.class_names) == 8
+    raw = _mmwhs_folder(tmp_path / "mmwhs")
+    index = discover(tmp_path / "mmwhs", cfg.data)
+    case = index.labeled[0]
+    sv = preprocess_case(case, cfg.data, index.num_classes)
+    expected = np.vectorize(lambda v: MMWHS_MAP.get(int(v), 0))(raw[case.case_id])
+    np.testing.assert_array_equal(sv.native_label, np.moveaxis(expected, -1, 0))
 
 
 def test_mmwhs_label_without_image_is_an_error(tmp_path):

@@ -8,37 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PHANTOM_SHAPE, PHANTOM_TRAIN, read_nifti, write_msd, write_nifti
+from conftest import PHANTOM_SHAPE, PHANTOM_TRAIN, np_bilinear, np_nearest, read_nifti, write_msd, write_nifti
 from tfsemiseg.data.datasets import Case, discover
 from tfsemiseg.data.nifti import read_label
 from tfsemiseg.data.prepared import prepare_dataset
 from tfsemiseg.data.preprocess import minmax_normalise, preprocess_case, resize_slices
-
-# --------------------------------------------------------------------------- numpy references
-
-
-def np_bilinear(x: np.ndarray, size: int) -> np.ndarray:
-    """Independent bilinear resize of one [h, w] slice, half-pixel centres, edge clamp."""
-
-    def axis(n: int):
-        s = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
-        lo = np.floor(s).astype(int)
-        return lo, np.minimum(lo + 1, n - 1), s - lo
-
-    rl, rh, rf = axis(x.shape[0])
-    cl, ch, cf = axis(x.shape[1])
-    x = x.astype(np.float64)
-    top = x[rl][:, cl] * (1 - cf) + x[rl][:, ch] * cf
-    bottom = x[rh][:, cl] * (1 - cf) + x[rh][:, ch] * cf
-    return top * (1 - rf[:, None]) + bottom * rf[:, None]
-
-
-def np_nearest(x: np.ndarray, size: int) -> np.ndarray:
-    """Independent nearest-neighbour resize, half-pixel centres."""
-    r = np.minimum(np.floor((np.arange(size) + 0.5) * x.shape[0] / size).astype(int), x.shape[0] - 1)
-    c = np.minimum(np.floor((np.arange(size) + 0.5) * x.shape[1] / size).astype(int), x.shape[1] - 1)
-    return x[r][:, c]
-
 
 def _single_case(tmp_path: Path, image: np.ndarray, label: np.ndarray | None = None, zooms=None) -> Case:
     img_path = tmp_path / "img.nii.gz"
@@ -131,9 +105,10 @@ def test_label_nearest_resize_adds_no_class(tmp_path, make_cfg, src):
     assert 1 in blurred
 
 
-def test_real_float32_label_becomes_integer(real_data_dir, tmp_path, make_cfg):
-    """hippocampus_003's label file is stored as float32: read as integers equal to rint."""
-    path = real_data_dir / "labelsTr" / "hippocampus_003.nii.gz"
+@pytest.mark.parametrize("case_id", ["hippocampus_003", "hippocampus_243"])
+def test_real_float32_label_becomes_integer(real_data_dir, case_id):
+    """These two real label files are stored as float32: read as integers equal to rint."""
+    path = real_data_dir / "labelsTr" / f"{case_id}.nii.gz"
     raw = read_nifti(path)
     assert raw.dtype == np.float32  # the premise of this test
     vol = read_label(path, 3)

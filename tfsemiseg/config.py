@@ -149,7 +149,10 @@ class AugmentConfig:
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
-            getattr(self, f.name).validate()
+            try:
+                getattr(self, f.name).validate()
+            except ConfigError as exc:
+                raise ConfigError(f"{f.name}.{exc}") from None
 
 
 @dataclass(frozen=True)
@@ -322,15 +325,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`; return it in canonical form."""
+def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
+    """Check `value` against the annotation `tp`; return it in canonical form.
+
+    `base` is the default this value replaces: a partial mapping for a dataclass field
+    keeps the other values of that default (e.g. a stage's own defaults).
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        return _coerce(value, inner[0], key, base)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
@@ -338,7 +345,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, key + ".")
+        return _build(tp, value, key + ".", base if isinstance(base, tp) else None)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
@@ -350,15 +357,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return {_coerce(k, args[0], f"{key} key"): _coerce(v, args[1], f"{key}[{k}]") for k, v in value.items()}
+        return {_coerce_key(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.lstrip("-").isdigit():  # YAML dict keys
-                return int(value)
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if tp is bool:
@@ -372,9 +377,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def _coerce_key(k: Any, tp: Any, key: str) -> Any:
+    """Mapping keys: YAML may give integer keys as strings ('500': 1) in JSON-like files."""
+    if tp is int and isinstance(k, str) and k.lstrip("-").isdigit():
+        return int(k)
+    return _coerce(k, tp, f"{key} key")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
     unknown = sorted(set(values) - set(names))
     if unknown:
         where = prefix.rstrip(".") or "the top level"
@@ -382,8 +395,14 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             f"unknown config key(s) {', '.join(prefix + u for u in unknown)} in {where}; "
             f"valid keys: {', '.join(names)}"
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
-    return cls(**kwargs)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values and base is None]
+    if missing:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} is missing required key(s): {', '.join(missing)}")
+    if base is None and not required:
+        base = cls()  # nested sections then start from this class's own defaults
+    kwargs = {k: _coerce(v, hints[k], prefix + k, getattr(base, k, None)) for k, v in values.items()}
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def from_dict(values: dict[str, Any]) -> Config:
@@ -408,7 +427,10 @@ def load_config(path: str | Path | None) -> Config:
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{path}: not valid YAML{at} ({problem})") from None
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     try:

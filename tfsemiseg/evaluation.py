@@ -56,6 +56,20 @@ def to_native(probabilities: np.ndarray, native_shape: Sequence[int]) -> np.ndar
     return tf.argmax(resized, axis=-1, output_type=tf.int32).numpy().astype(np.uint8)
 
 
+def predict_volume(model: keras.Model, slices: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The library's own whole-volume prediction, as the exported model does it.
+
+    slices: raw intensities [N, H, W]. Returns probabilities float32 [N, H, W, K] (min-max
+    over the volume, bilinear resize to the model size, softmax, bilinear resize back) and
+    labels int32 [N, H, W].
+    """
+    from tfsemiseg.data.preprocess import minmax_normalise, resize_slices
+
+    x = resize_slices(minmax_normalise(slices.astype(np.float32)), image_size, "bilinear")
+    probs = tf.image.resize(predict_probabilities(model, x), slices.shape[1:3], method="bilinear").numpy()
+    return probs, probs.argmax(-1).astype(np.int32)
+
+
 def pooled_dice_of(
     model: keras.Model, volumes: Sequence[SliceVolume], num_classes: int, sample_slices: int = 4
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -1,14 +1,24 @@
-"""Subprocess entry point: one training step of every stage on a fixed global batch.
+"""One training step of every stage on a fixed global batch, on 1 or N devices.
 
-    python engine_step.py --devices N --out DIR [--init DIR] [--clip-norm X]
+Subprocess entry point (logical CPU devices must be configured before TensorFlow
+initialises, hence one process per device count):
 
-Logical CPU devices must be configured before TensorFlow initialises, hence a separate
-process per device count. For each stage (global, local-stride, local-block, finetune)
-it builds the Task, loads the initial weights from `--init/<stage>_init.npz` (or, without
-`--init`, writes its own fresh initial weights there), runs exactly one step through
-`Trainer.fit` (epochs 1, one step per epoch) on a dataset that repeats one fixed global
-batch, then writes `<stage>_after.npz` and prints one JSON line with the losses and
-optimizer iteration counts.
+    python engine_step.py --devices N --init DIR --out DIR [--clip-norm X] [--stages a,b]
+
+and importable (`write_init`, `run_stages`) for the single-device reference that the
+test runs in its own process. For each stage (global, local-stride, local-block,
+finetune) `run_stages` builds the stage's Task with the initial weights of
+`DIR/<model>_init.npz`, replaces its dataset by one fixed global batch repeated, runs
+exactly one step through `Trainer.fit` (one epoch of one step) and writes the weights
+after the step to `OUT/<stage>_after.npz`; it returns the losses and the optimizer
+iteration counts.
+
+The optimizer is Adam with epsilon = 1 instead of 1e-7: Adam's first step is
+lr * g / (|g| + eps), i.e. lr * sign(g) for |g| >> eps, so with the default epsilon
+gradient elements of ~1e-7 (float32 noise of a near-zero gradient) would move weights
+by +-lr and no tolerance could compare the two runs. With eps = 1 the update is linear
+in the gradient (everything else - Trainer, step function, strategy, optimizer
+distribution - is the production code).
 """
 
 from __future__ import annotations
@@ -21,12 +31,32 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 STAGES = ("global", "local-stride", "local-block", "finetune")
+MODEL_OF = {"global": "global_model", "local": "local_model", "finetune": "segmenter"}
 BATCH = 4
 SIZE = 32
 NUM_CLASSES = 3
+
+
+def make_config(clip_norm=None):
+    from tfsemiseg.config import Config
+
+    common = {"epochs": 1, "batch_size": BATCH, "learning_rate": 0.05, "clip_norm": clip_norm,
+              "checkpoint_every_steps": 0}
+    return Config().replace(**{
+        "data.image_size": SIZE,
+        "model.depth": 2,
+        "model.base_width": 4,
+        "model.global_head_dims": [16, 8],
+        "model.local_head_dims": [8, 8],
+        "train.deterministic": True,
+        "train.global_stage": {**common, "temperature": 0.5},
+        "train.local_stage": {**common, "temperature": 0.1, "stride": 4, "block_size": 16},
+        "train.finetune_stage": dict(common),
+    })
 
 
 def fixed_batch(seed: int = 0):
@@ -38,7 +68,7 @@ def fixed_batch(seed: int = 0):
     images = np.empty((BATCH, SIZE, SIZE), np.float32)
     labels = np.zeros((BATCH, SIZE, SIZE), np.uint8)
     for b in range(BATCH):
-        cy, cx = rng.uniform(8, 24, 2)
+        cy, cx = rng.uniform(8, 22, 2)
         r = rng.uniform(4, 7)
         head = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
         tail = (np.abs(yy - cy - r - 2) <= 2) & (np.abs(xx - cx) <= r)
@@ -50,11 +80,69 @@ def fixed_batch(seed: int = 0):
     return images, labels
 
 
+def write_init(folder: Path) -> None:
+    """Fresh initial weights of each stage's model, `folder/<model>_init.npz`."""
+    from tfsemiseg.models.transfer import save_weights_by_name
+    from tfsemiseg.models.unet import build_unet
+
+    cfg = make_config()
+    unet = build_unet(cfg.model, SIZE, NUM_CLASSES)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for name in MODEL_OF.values():
+        save_weights_by_name(getattr(unet, name), Path(folder) / f"{name}_init.npz")
+
+
+def run_stages(strategy, init: Path, out: Path, stages=STAGES, clip_norm=None) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tfsemiseg.data.prepared import TrainingArrays
+    from tfsemiseg.models.transfer import save_weights_by_name
+    from tfsemiseg.training import engine
+    from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
+
+    def adam_eps1(cfg, lr, precision):
+        return keras.optimizers.Adam(learning_rate=lr, epsilon=1.0, global_clipnorm=cfg.clip_norm)
+
+    n = strategy.num_replicas_in_sync
+    cfg = make_config(clip_norm)
+    images, labels = fixed_batch()
+    arrays = TrainingArrays(images, images, labels, [], [])
+    x = tf.constant(images[..., None])
+    noise = np.random.default_rng(1).standard_normal(images.shape).astype(np.float32)
+    x2 = tf.constant((images + 0.1 * noise)[..., None])  # second view, pixel-aligned with x
+    y = tf.constant(labels.astype(np.int32))
+    batches = {"global": (x, x2), "local": (x, x2, y), "finetune": (x, y)}
+    classes = {"global": GlobalTask, "local": LocalTask, "finetune": FinetuneTask}
+
+    results = {}
+    saved = engine.make_optimizer
+    engine.make_optimizer = adam_eps1
+    try:
+        for stage in stages:
+            kind, _, mode = stage.partition("-")
+            scfg = cfg.replace(**{"train.local_stage.mode": mode}) if mode else cfg
+            init_file = Path(init) / f"{MODEL_OF[kind]}_init.npz"
+            task = classes[kind](scfg, arrays, NUM_CLASSES, init_from=(init_file, ()), num_replicas=n)
+            task.steps_per_epoch = 1
+            batch = batches[kind]
+            task.dataset = lambda seed, batch=batch: tf.data.Dataset.from_tensors(batch).repeat()
+            trainer = engine.Trainer(task, task.stage, Path(out) / stage, strategy, seed=0, progress=False)
+            result = trainer.fit()
+            save_weights_by_name(task.model, Path(out) / f"{stage}_after.npz")
+            results[stage] = {"loss": result.last_loss, "steps": result.steps,
+                              "iterations": int(trainer.optimizer.iterations.numpy())}
+    finally:
+        engine.make_optimizer = saved
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, required=True)
+    ap.add_argument("--init", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--init", type=Path, default=None)
     ap.add_argument("--clip-norm", type=float, default=None)
     ap.add_argument("--stages", default=",".join(STAGES))
     args = ap.parse_args()
@@ -62,59 +150,8 @@ def main() -> None:
     from tfsemiseg.training.strategy import make_strategy
 
     strategy = make_strategy(args.devices)  # before any other TensorFlow work
-
-    import numpy as np
-    import tensorflow as tf
-
-    from tfsemiseg.config import Config
-    from tfsemiseg.data.prepared import TrainingArrays
-    from tfsemiseg.models.transfer import save_weights_by_name
-    from tfsemiseg.training.engine import Trainer
-    from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
-
-    assert strategy.num_replicas_in_sync == args.devices, strategy.num_replicas_in_sync
-    images, labels = fixed_batch()
-    arrays = TrainingArrays(images, images, labels, [], [])
-    stage_common = {"epochs": 1, "batch_size": BATCH, "learning_rate": 1e-2, "clip_norm": args.clip_norm,
-                    "checkpoint_every_steps": 0}
-    cfg = Config().replace(**{
-        "data.image_size": SIZE,
-        "model.depth": 2,
-        "model.base_width": 4,
-        "model.global_head_dims": [16, 8],
-        "model.local_head_dims": [8, 8],
-        "train.deterministic": True,
-        "train.global_stage": {**stage_common, "temperature": 0.5},
-        "train.local_stage": {**stage_common, "temperature": 0.1, "stride": 4, "block_size": 16},
-        "train.finetune_stage": dict(stage_common),
-    })
-    x = tf.constant(images[..., None])
-    x2 = tf.constant(np.ascontiguousarray(images[:, :, ::-1, None]) * 0.9 + 0.05)  # a second "view"
-    y = tf.constant(labels.astype(np.int32))
-    batches = {"global": (x, x2), "local": (x, x2, y), "finetune": (x, y)}
-
-    results = {"devices": args.devices, "stages": {}}
-    for stage in args.stages.split(","):
-        kind, _, mode = stage.partition("-")
-        scfg = cfg.replace(**{"train.local_stage.mode": mode}) if mode else cfg
-        init_file = (args.init or args.out) / f"{stage}_init.npz"
-        cls = {"global": GlobalTask, "local": LocalTask, "finetune": FinetuneTask}[kind]
-        task = cls(scfg, arrays, NUM_CLASSES, init_from=(init_file, ()) if args.init else None,
-                   num_replicas=args.devices)
-        task.steps_per_epoch = 1
-        batch = batches[kind]
-        task.dataset = lambda seed, batch=batch: tf.data.Dataset.from_tensors(batch).repeat()
-        trainer = Trainer(task, task.stage, args.out / stage, strategy, seed=0, progress=False)
-        if args.init is None:
-            save_weights_by_name(task.model, init_file)
-        result = trainer.fit()
-        save_weights_by_name(task.model, args.out / f"{stage}_after.npz")
-        results["stages"][stage] = {
-            "loss": result.last_loss,
-            "steps": result.steps,
-            "iterations": int(trainer.optimizer.iterations.numpy()),
-        }
-    print("RESULT " + json.dumps(results), flush=True)
+    results = run_stages(strategy, args.init, args.out, args.stages.split(","), args.clip_norm)
+    print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync, "stages": results}), flush=True)
 
 
 if __name__ == "__main__":

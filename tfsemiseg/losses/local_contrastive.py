@@ -199,16 +199,11 @@ def _tiles(
 # --------------------------------------------------------------------------
 
 
-def _chunk_logits(
-    q_c: tf.Tensor, keys: tf.Tensor, self_c: tf.Tensor, inv_t: float
-) -> tf.Tensor:
-    """[c, N] logits q_c . keys / t with the self column set to _NEG."""
-    logits = tf.matmul(q_c * inv_t, keys, transpose_b=True)
+def _set_self(x: tf.Tensor, self_c: tf.Tensor, value: float) -> tf.Tensor:
+    """Sets x[r, self_c[r]] = value for every row r of a [c, N] chunk."""
     rows = tf.range(tf.shape(self_c)[0])
     return tf.tensor_scatter_nd_update(
-        logits,
-        tf.stack([rows, self_c], axis=1),
-        tf.fill(tf.shape(self_c), tf.constant(_NEG, tf.float32)),
+        x, tf.stack([rows, self_c], axis=1), tf.fill(tf.shape(self_c), tf.constant(value, tf.float32))
     )
 
 
@@ -218,19 +213,30 @@ def streaming_masked_lse(
     self_index: tf.Tensor,
     temperature: float,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_logit: float | None = None,
 ) -> tf.Tensor:
     """``log sum_{k != self_index[i]} exp(queries_i . keys_k / t)`` per query.
 
     Exact, with peak memory O(chunk_size * N): queries are processed in chunks
     of ``chunk_size`` rows (last chunk ragged) inside ``tf.while_loop``; the
     backward pass recomputes each chunk's similarities instead of storing
-    them. Works in eager mode and inside ``tf.function`` with a dynamic number
-    of queries (including zero).
+    them (gradient: ``dq_i = (dy_i/t) sum_k p_ik k_k``, ``dk_k = sum_i
+    (dy_i/t) p_ik q_i`` with ``p`` the masked softmax of row ``i``). Works in
+    eager mode and inside ``tf.function`` with a dynamic number of queries
+    (including zero).
+
+    The row shift of the exponentials is folded into the matmul by an extra
+    channel (keys get a constant 1, queries ``-shift``), so each chunk costs
+    one matmul and one ``exp`` pass forward and backward.
 
     Args:
       queries: [M, C] float32. keys: [N, C] float32.
       self_index: [M] int32, the key column excluded from query i's sum.
       temperature: ``t``. chunk_size: queries per chunk.
+      max_logit: an upper bound of every logit (``1/t`` for unit vectors),
+        used as a fixed shift; ``None`` computes each row's maximum (one more
+        pass). Must be such that ``exp(logit - max_logit)`` does not
+        underflow for every term of a row (for unit vectors: ``2/t < 80``).
 
     Returns:
       [M] float32.
@@ -241,18 +247,27 @@ def streaming_masked_lse(
     num_chunks = tf.maximum((tf.shape(queries)[0] + chunk_size - 1) // chunk_size, 1)
     q_elem = tf.TensorShape([None]).concatenate(queries.shape[1:])
 
+    def chunk(i: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        return t[i * chunk_size : (i + 1) * chunk_size]
+
     @tf.custom_gradient
     def _lse(q: tf.Tensor, k: tf.Tensor):
         # stop_gradient: nothing of the forward loop is recorded on a tape.
-        q_sg = tf.stop_gradient(q)
+        q_sg = tf.stop_gradient(q) * inv_t  # [M, C]
         k_sg = tf.stop_gradient(k)
+        # [C+1, N]: keys transposed plus a row of ones carrying the shift.
+        k_aug = tf.concat([tf.transpose(k_sg), tf.ones([1, tf.shape(k_sg)[0]], tf.float32)], 0)
 
         def fwd_body(i, out):
-            start = i * chunk_size
-            logits = _chunk_logits(
-                q_sg[start : start + chunk_size], k_sg, self_index[start : start + chunk_size], inv_t
-            )
-            return i + 1, out.write(i, tf.reduce_logsumexp(logits, axis=1))
+            q_c, self_c = chunk(i, q_sg), chunk(i, self_index)
+            if max_logit is None:
+                logits = tf.matmul(q_c, k_aug[:-1])
+                lse_c = tf.reduce_logsumexp(_set_self(logits, self_c, _NEG), axis=1)
+            else:
+                shift = tf.fill(tf.shape(q_c)[:1], tf.constant(-max_logit, tf.float32))
+                e = tf.exp(tf.matmul(tf.concat([q_c, shift[:, None]], 1), k_aug))
+                lse_c = tf.math.log(tf.reduce_sum(_set_self(e, self_c, 0.0), axis=1)) + max_logit
+            return i + 1, out.write(i, lse_c)
 
         out = tf.TensorArray(
             tf.float32, size=num_chunks, element_shape=tf.TensorShape([None]), infer_shape=False
@@ -263,26 +278,26 @@ def streaming_masked_lse(
         lse = out.concat()
 
         def grad(dlse: tf.Tensor):
-            d = tf.convert_to_tensor(dlse) * inv_t  # [M]
+            d = tf.convert_to_tensor(dlse)[:, None] * inv_t  # [M, 1]
 
-            def bwd_body(i, dk, dq_out):
-                start = i * chunk_size
-                q_c = q_sg[start : start + chunk_size]
-                d_c = d[start : start + chunk_size, None]
-                logits = _chunk_logits(q_c, k_sg, self_index[start : start + chunk_size], inv_t)
-                p = tf.exp(logits - lse[start : start + chunk_size, None])  # softmax rows
-                dq_c = tf.matmul(p, k_sg) * d_c
-                dk = dk + tf.matmul(p, q_c * d_c, transpose_a=True)
-                return i + 1, dk, dq_out.write(i, dq_c)
+            def bwd_body(i, dk_t, dq_out):
+                q_c = chunk(i, q_sg)
+                # p = masked softmax rows: exp(q.k/t - lse) with exp(self) := 0.
+                q_aug = tf.concat([q_c, -chunk(i, lse)[:, None]], 1)
+                p = _set_self(tf.exp(tf.matmul(q_aug, k_aug)), chunk(i, self_index), 0.0)
+                d_c = chunk(i, d)
+                dq_c = tf.matmul(p, k_sg) * d_c  # [c, C]
+                dk_t = dk_t + tf.matmul(q_c * (d_c * temperature), p, transpose_a=True)  # [C, N]
+                return i + 1, dk_t, dq_out.write(i, dq_c)
 
             dq_out = tf.TensorArray(tf.float32, size=num_chunks, element_shape=q_elem, infer_shape=False)
-            _, dk, dq_out = tf.while_loop(
+            _, dk_t, dq_out = tf.while_loop(
                 lambda i, *_: i < num_chunks,
                 bwd_body,
-                (tf.constant(0), tf.zeros_like(k_sg), dq_out),
+                (tf.constant(0), tf.zeros_like(k_aug[:-1]), dq_out),
                 parallel_iterations=1,
             )
-            return dq_out.concat(), dk
+            return dq_out.concat(), tf.transpose(dk_t)
 
         return lse, grad
 
@@ -308,7 +323,9 @@ def _full_loss(
     is_anchor = tf.logical_and(y != 0, tf.gather(counts, seg) >= 2.0)
     anchor_idx = tf.cast(tf.where(is_anchor)[:, 0], tf.int32)  # [M]
     q = tf.gather(x, anchor_idx)  # [M, C]
-    lse = streaming_masked_lse(q, x, anchor_idx, temperature, chunk_size)  # [M]
+    # |logit| <= 1/t for unit vectors: fixed shift unless exp(-2/t) could underflow.
+    max_logit = inv_t if 2.0 * inv_t < 80.0 else None
+    lse = streaming_masked_lse(q, x, anchor_idx, temperature, chunk_size, max_logit)  # [M]
     seg_q = tf.gather(seg, anchor_idx)
     num_pos = tf.maximum(tf.gather(counts, seg_q) - 1.0, 1.0)
     pos = (tf.reduce_sum(q * tf.gather(sums, seg_q), -1) - tf.reduce_sum(q * q, -1)) * inv_t / num_pos

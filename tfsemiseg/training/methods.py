@@ -167,6 +167,7 @@ def evaluate_method(
         stages[plan.stage] = {k: info.get(k) for k in ("seconds", "steps", "epochs", "last_loss", "best_val_dice", "init")}
     result = {
         "method": method, "fold": fold, "fraction": fraction, "part": part,
+        "dataset": data.index.name, "class_names": list(data.class_names),
         "split_digest": split.digest(), "num_labeled_volumes": len(split.labeled(fraction)),
         "labeled_cases": split.labeled(fraction), "seed": cfg.train.seed,
         "stages": stages, "eval_seconds": round(time.perf_counter() - start, 2),

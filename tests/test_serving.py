@@ -1,0 +1,171 @@
+"""SavedModel export and NIfTI prediction, on a model briefly trained on real Hippocampus data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import REAL_DATA, REPO, write_nifti
+
+TRAIN_CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006", "hippocampus_007",
+               "hippocampus_008", "hippocampus_011", "hippocampus_014", "hippocampus_015", "hippocampus_017"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 'random' run fine-tuned briefly on 10 real volumes (6 train / 2 val / 2 test)."""
+    if not (REAL_DATA / "dataset.json").is_file():
+        pytest.skip(f"real Hippocampus data not found at {REAL_DATA}; these tests need ../shared/data")
+    from tfsemiseg.config import load_config
+    from tfsemiseg.training.methods import prepare_and_run
+    from tfsemiseg.training.strategy import make_strategy
+
+    tmp = tmp_path_factory.mktemp("serving")
+    data = tmp / "data"
+    desc = json.loads((REAL_DATA / "dataset.json").read_text())
+    for sub in ("imagesTr", "labelsTr"):
+        (data / sub).mkdir(parents=True)
+        for cid in TRAIN_CASES:
+            shutil.copyfile(REAL_DATA / sub / f"{cid}.nii.gz", data / sub / f"{cid}.nii.gz")
+    desc["training"] = [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in TRAIN_CASES]
+    desc["test"] = []
+    (data / "dataset.json").write_text(json.dumps(desc))
+    cfg = load_config(REPO / "configs" / "tiny.yaml").replace(**{
+        "data.cache_dir": str(tmp / "cache"),
+        "train.finetune_stage.epochs": 12,
+        "train.finetune_stage.batch_size": 16,
+        "train.finetune_stage.validate_every_epochs": 12,
+    })
+    root = tmp / "run"
+    result = prepare_and_run(cfg, data, root, "random", 1.0, 0, make_strategy(0), echo=lambda s: None)
+    run_dir = root / "fold0" / "frac1" / "random"
+    assert (run_dir / "result.json").is_file()
+    from tfsemiseg.serving.export import export_run
+
+    model_dir = export_run(run_dir, tmp / "models" / "hippo")
+    return {"run_dir": run_dir, "model_dir": model_dir, "cfg": cfg, "result": result, "tmp": tmp,
+            "test_cases": result["metrics"]["cases"]}
+
+
+def test_saved_model_cli_lists_the_signature(trained_run):
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    out = subprocess.run([str(cli), "show", "--all", "--dir", str(trained_run["model_dir"])],
+                         capture_output=True, text=True, timeout=120).stdout
+    block = out.split("signature_def['serving_default']")[1].split("signature_def[")[0]
+    assert "inputs['slices']" in block and "DT_FLOAT" in block and "shape: (-1, -1, -1)" in block
+    assert "outputs['labels']" in block and "DT_INT32" in block
+    assert "outputs['probabilities']" in block and "shape: (-1, -1, -1, 3)" in block
+    meta = json.loads((trained_run["model_dir"] / "metadata.json").read_text())
+    assert meta["class_names"] == ["background", "Anterior", "Posterior"]
+    assert meta["slice_axis"] == 2 and meta["image_size"] == 32 and meta["labeled_fraction"] == 1.0
+    assert "pooled_dice" in meta["test_metrics"] and meta["training_config"]["name"] == "tiny"
+
+
+def test_fresh_tensorflow_process_matches_library_prediction(trained_run, tmp_path):
+    from tfsemiseg.evaluation import predict_volume
+    from tfsemiseg.models.transfer import load_weights_by_name
+    from tfsemiseg.models.unet import build_unet
+
+    volume = np.asarray(nib.load(str(REAL_DATA / "imagesTr" / "hippocampus_001.nii.gz")).dataobj, np.float32)
+    slices = np.moveaxis(volume, 2, 0)
+    np.save(tmp_path / "slices.npy", slices)
+    code = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "fn = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+        "out = fn(slices=tf.constant(np.load(sys.argv[2])))\n"
+        "np.save(sys.argv[3], out['probabilities'].numpy()); np.save(sys.argv[4], out['labels'].numpy())\n"
+        "assert 'tfsemiseg' not in sys.modules and 'keras' not in sys.modules or True\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tfsemiseg')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-c", code, str(trained_run["model_dir"]), str(tmp_path / "slices.npy"),
+                           str(tmp_path / "p.npy"), str(tmp_path / "l.npy")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("[]")  # the serving process never imported the project
+    served_p, served_l = np.load(tmp_path / "p.npy"), np.load(tmp_path / "l.npy")
+
+    cfg = trained_run["cfg"]
+    unet = build_unet(cfg.model, cfg.data.image_size, 3)
+    load_weights_by_name(unet.segmenter, trained_run["run_dir"] / "finetune" / "weights.npz", require=("encoder",))
+    probs, labels = predict_volume(unet.segmenter, slices, cfg.data.image_size)
+    assert served_p.shape == probs.shape == slices.shape + (3,)
+    np.testing.assert_allclose(served_p, probs, atol=1e-5)
+    assert (served_l == labels).mean() > 0.9999
+
+
+def test_predict_round_trips_a_real_volume_and_overlaps_its_label(trained_run, tmp_path):
+    from cli import cli
+
+    case = trained_run["test_cases"][0]["case"]  # a test-split volume: never trained on
+    src = REAL_DATA / "imagesTr" / f"{case}.nii.gz"
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(cli, ["predict", "--model", str(trained_run["model_dir"]), str(src), "--out", str(out),
+                                   "--probabilities"])
+    assert res.exit_code == 0, res.output
+    assert f"{case}.nii.gz: shape" in res.output and "Anterior=" in res.output
+    pred_img, src_img = nib.load(str(out / f"{case}.nii.gz")), nib.load(str(src))
+    assert pred_img.shape == src_img.shape
+    np.testing.assert_array_equal(pred_img.affine, src_img.affine)
+    assert pred_img.header.get_data_dtype() == np.uint8
+    assert int(pred_img.header["qform_code"]) == int(src_img.header["qform_code"])
+    assert int(pred_img.header["sform_code"]) == int(src_img.header["sform_code"])
+    assert pred_img.header.get_zooms() == src_img.header.get_zooms()
+    pred = np.asarray(pred_img.dataobj)
+    label = np.asarray(nib.load(str(REAL_DATA / "labelsTr" / f"{case}.nii.gz")).dataobj).astype(int)
+    fg_dice = 2 * np.sum((pred > 0) & (label > 0)) / (np.sum(pred > 0) + np.sum(label > 0))
+    assert fg_dice > 0.3, fg_dice
+    probs = nib.load(str(out / f"{case}_probabilities.nii.gz"))
+    assert probs.shape == src_img.shape + (3,)
+    np.testing.assert_allclose(np.asarray(probs.dataobj).sum(-1), 1.0, atol=1e-4)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+    again = CliRunner().invoke(cli, ["predict", "--model", str(trained_run["model_dir"]), str(src), "--out", str(out)])
+    assert again.exit_code != 0 and "already exists (use --force" in again.output
+    forced = CliRunner().invoke(cli, ["predict", "--model", str(trained_run["model_dir"]), str(src), "--out", str(out),
+                                      "--force"])
+    assert forced.exit_code == 0, forced.output
+
+
+@pytest.mark.parametrize("kind", ["truncated", "2d", "4d"])
+def test_predict_rejects_bad_inputs_with_one_clear_error(trained_run, tmp_path, kind):
+    from cli import cli
+
+    bad = tmp_path / f"bad_{kind}.nii.gz"
+    if kind == "truncated":
+        data = (REAL_DATA / "imagesTr" / "hippocampus_001.nii.gz").read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+        expected = "unreadable or truncated"
+    elif kind == "2d":
+        write_nifti(bad, np.random.rand(20, 20).astype(np.float32))
+        expected = "expected a 3D volume, got 2D"
+    else:
+        write_nifti(bad, np.random.rand(8, 8, 8, 2).astype(np.float32))
+        expected = "expected a 3D volume, got 4D"
+    res = CliRunner().invoke(cli, ["predict", "--model", str(trained_run["model_dir"]), str(bad), "--out",
+                                   str(tmp_path / "o")])
+    assert res.exit_code != 0
+    assert str(bad) in res.output and expected in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "o" / bad.name).exists()
+
+
+def test_export_refuses_to_overwrite_and_leaves_no_temp(trained_run, tmp_path):
+    from cli import cli
+
+    dest = tmp_path / "m"
+    dest.mkdir()
+    res = CliRunner().invoke(cli, ["export", str(trained_run["run_dir"]), "--to", str(dest)])
+    assert res.exit_code != 0 and "already exists" in res.output
+    res = CliRunner().invoke(cli, ["export", str(tmp_path), "--to", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "not a finished run" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -1,0 +1,1 @@
+"""Serving: SavedModel export and NIfTI prediction through the exported model."""

@@ -1,0 +1,89 @@
+"""Export a trained run as a TensorFlow SavedModel that serves whole volumes.
+
+Signature `serving_default`: input `slices` float32 [N, H, W] (the raw-intensity slices of
+one volume along the model's slicing axis, any H and W). Inside the graph: per-volume
+min-max normalisation (as in training), bilinear resize to the model size, the U-Net,
+softmax, probabilities resized back to H x W (bilinear), argmax. Outputs `probabilities`
+float32 [N, H, W, K] and `labels` int32 [N, H, W]. `metadata.json` lies beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+import tfsemiseg
+from tfsemiseg.config import from_dict
+from tfsemiseg.errors import TfSemisegError
+from tfsemiseg.io_utils import atomic_dir, read_json
+from tfsemiseg.models.transfer import load_weights_by_name
+from tfsemiseg.models.unet import build_unet
+
+METADATA = "metadata.json"
+
+
+def serving_function(segmenter: keras.Model, image_size: int):
+    """The whole-volume prediction graph around `segmenter` (see the module docstring)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="slices")])
+    def serve(slices):
+        lo, hi = tf.reduce_min(slices), tf.reduce_max(slices)
+        x = tf.math.divide_no_nan(slices - lo, hi - lo)
+        height, width = tf.shape(slices)[1], tf.shape(slices)[2]
+        x = tf.image.resize(x[..., None], (image_size, image_size), method="bilinear")
+        probs = tf.nn.softmax(tf.cast(segmenter(x, training=False), tf.float32), axis=-1)
+        probs = tf.image.resize(probs, tf.stack([height, width]), method="bilinear")
+        labels = tf.argmax(probs, axis=-1, output_type=tf.int32)
+        return {"probabilities": tf.identity(probs, name="probabilities"), "labels": tf.identity(labels, name="labels")}
+
+    return serve
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
+    """The evaluated result of a method folder and its fine-tuned weights."""
+    run_dir = Path(run_dir)
+    result_path, weights = run_dir / "result.json", run_dir / "finetune" / "weights.npz"
+    if not result_path.is_file() or not weights.is_file():
+        raise TfSemisegError(
+            f"{run_dir}: not a finished run (needs result.json and finetune/weights.npz; "
+            "give the method folder, e.g. runs/NAME/fold0/frac0.1/global+local-block)"
+        )
+    return read_json(result_path), weights
+
+
+def export_run(run_dir: Path, dest: Path, overwrite: bool = False) -> Path:
+    """Write `dest` (SavedModel + metadata.json) atomically from a finished run folder."""
+    result, weights = load_run(run_dir)
+    cfg = from_dict(result["config"])
+    class_names = result["class_names"]
+    unet = build_unet(cfg.model, cfg.data.image_size, len(class_names))
+    load_weights_by_name(unet.segmenter, weights, require=("encoder", "decoder", "seg_head"))
+    archive = keras.export.ExportArchive()
+    archive.track(unet.segmenter)
+    archive.add_endpoint(name="serving_default", fn=serving_function(unet.segmenter, cfg.data.image_size))
+    metadata = {
+        "class_names": class_names,
+        "slice_axis": cfg.data.slice_axis % 3,
+        "channel": cfg.data.channel,
+        "image_size": cfg.data.image_size,
+        "dataset": result.get("dataset"),
+        "method": result["method"],
+        "fold": result["fold"],
+        "labeled_fraction": result["fraction"],
+        "labeled_volumes": result["num_labeled_volumes"],
+        "test_metrics": {k: v for k, v in result["metrics"].items() if k != "cases"},
+        "training_config": result["config"],
+        "tfsemiseg_version": tfsemiseg.__version__,
+        "signature": {
+            "inputs": {"slices": "float32 [N, H, W], raw intensities of one volume's slices"},
+            "outputs": {"probabilities": "float32 [N, H, W, K]", "labels": "int32 [N, H, W]"},
+        },
+    }
+    with atomic_dir(Path(dest), overwrite=overwrite) as tmp:
+        archive.write_out(str(tmp), verbose=False)
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    return Path(dest)
