@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tfsemiseg.losses import (
     local_contrastive_points,
+    pooled_weighted_lse_sum,
     self_supervised_local_contrastive_loss,
     supervised_local_contrastive_loss,
     supervised_local_contrastive_loss_with_count,
@@ -187,18 +188,23 @@ def test_supervised_gradient_matches_dense(kw):
     np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-4, atol=1e-5)
 
 
-def test_full_equals_dense_stride1_several_classes():
-    # stride 1 materialises the anchor rows; full streams them: same definition.
+@pytest.mark.parametrize("mode", ["full", "block"])
+def test_chunkings_agree_several_classes(mode):
+    # Automatic blocks vs many small key chunks per pool (ragged last chunk).
     features, labels = make_inputs(seed=3, b=2, h=20, w=20, c=16, fg=0.5, classes=5)
-    full, _, g_full = lib_loss_and_grad(features, labels, mode="full", chunk_size=64)
-    dense, _, g_dense = lib_loss_and_grad(features, labels, mode="stride", stride=1)
-    np.testing.assert_allclose(float(full), float(dense), rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(g_full.numpy(), g_dense.numpy(), rtol=1e-4, atol=1e-6)
+    kw = dict(mode=mode, block_size=8)
+    auto, n_auto, g_auto = lib_loss_and_grad(features, labels, **kw)
+    small, n_small, g_small = lib_loss_and_grad(features, labels, chunk_size=7, **kw)
+    assert int(n_auto) == int(n_small) > 0
+    np.testing.assert_allclose(float(auto), float(small), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(g_auto.numpy(), g_small.numpy(), rtol=1e-4, atol=1e-6)
+    ref, _ = np_supervised(features, labels, mode, block=8)
+    np.testing.assert_allclose(float(small), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_full_in_tf_function_multiple_ragged_chunks():
     features, labels = make_inputs(seed=4, h=10, w=10, fg=0.3)
-    chunk = 16
+    chunk = 23  # keys per chunk: 400 points -> 17 full chunks + a ragged one
 
     @tf.function
     def step(f, y):
@@ -208,11 +214,12 @@ def test_full_in_tf_function_multiple_ragged_chunks():
         return loss, count, tape.gradient(loss, f)
 
     f = tf.constant(features)
+    num_points = labels.size
+    assert num_points > 3 * chunk and num_points % chunk != 0
     loss, count, grad = step(f, tf.constant(labels))
     n = int(count)
-    assert n > 3 * chunk and n % chunk != 0, n  # several chunks + a ragged last one
     ref, ref_count = np_supervised(features, labels, "full")
-    assert n == ref_count
+    assert n == ref_count > chunk
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
     f64 = tf.constant(features.astype(np.float64))
     with tf.GradientTape() as tape:
@@ -230,6 +237,47 @@ def test_full_in_tf_function_multiple_ragged_chunks():
     assert int(count0) == 0 and float(loss0) == 0.0
     assert np.all(grad0.numpy() == 0.0)
     assert step.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("temperature", [0.02, 0.5])
+def test_full_other_temperatures(temperature):
+    # t = 0.02 takes the running-maximum path (2/t >= 80), t = 0.5 the fixed shift.
+    features, labels = make_inputs(seed=14, b=2, h=10, w=10, fg=0.4)
+    loss, _, grad = lib_loss_and_grad(features, labels, mode="full", temperature=temperature, chunk_size=17)
+    ref, _ = np_supervised(features, labels, "full", t=temperature)
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
+    f64 = tf.constant(features.astype(np.float64))
+    with tf.GradientTape() as tape:
+        tape.watch(f64)
+        dense = tf_dense_loss(f64, labels, "full", t=temperature)
+    np.testing.assert_allclose(grad.numpy(), tape.gradient(dense, f64).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_logit", [None, 2.0])
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_pooled_weighted_lse_sum_against_dense(max_logit, chunk_size):
+    # Two pools (keys 0..9 and 10..22), unsorted self indices, a pool without
+    # queries in the middle, arbitrary weights and upstream gradient.
+    rng = np.random.default_rng(15)
+    q = tf.constant(rng.normal(size=(7, 3)) / 2, tf.float32)
+    k = tf.constant(rng.normal(size=(27, 3)) / 2, tf.float32)
+    self_index = tf.constant([4, 1, 7, 20, 12, 15, 11], tf.int32)
+    q_off, k_off = tf.constant([0, 3, 3, 7]), tf.constant([0, 10, 10, 27])
+    w = tf.constant(rng.uniform(0.1, 1.0, size=7), tf.float32)
+    dy = 1.7
+    pool_of_key = np.repeat([0, 1, 2], [10, 0, 17])
+    pool_of_q = np.repeat([0, 1, 2], [3, 0, 4])
+    mask = (pool_of_q[:, None] == pool_of_key[None, :]) & (np.arange(27)[None, :] != self_index.numpy()[:, None])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([q, k])
+        out = dy * pooled_weighted_lse_sum(
+            q, k, self_index, w, q_off, k_off, 0.5, chunk_size=chunk_size, max_logit=max_logit
+        )
+        logits = tf.matmul(q, k, transpose_b=True) / 0.5
+        ref = dy * tf.reduce_sum(w * tf.reduce_logsumexp(tf.where(mask, logits, -np.inf), axis=1))
+    np.testing.assert_allclose(float(out), float(ref), rtol=1e-6)
+    for g, g_ref in zip(tape.gradient(out, [q, k]), tape.gradient(ref, [q, k])):
+        np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))

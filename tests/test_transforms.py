@@ -176,6 +176,18 @@ def test_fused_affine_matches_gather_sampler(image):
     np.testing.assert_allclose(shifted[:, -1], 0.5 * image[:, -1], rtol=1e-6)
 
 
+def test_elastic_and_fused_paths_agree(image):
+    """A negligible elastic field gives the fused-affine result (same draws, same map)."""
+    label = blob_label([0, 1, 2, 3])
+    rigid = dataclasses.replace(ALL_SPATIAL, elastic_prob=0.0)
+    nearly = dataclasses.replace(ALL_SPATIAL, elastic_alpha=1e-6)
+    for i in range(3):
+        a_img, a_lab = random_spatial(image, label, rigid, seed(i))
+        b_img, b_lab = random_spatial(image, label, nearly, seed(i))
+        np.testing.assert_allclose(a_img.numpy(), b_img.numpy(), atol=1e-4)
+        assert (a_lab.numpy() != b_lab.numpy()).mean() < 0.002
+
+
 def test_scale_zooms_in_about_centre():
     x = np.zeros((64, 64), np.int32)
     x[24:40, 24:40] = 1  # centred 16 x 16 square

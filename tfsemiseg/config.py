@@ -204,6 +204,27 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """Settings of the non-contrastive baselines (fine-tune stage settings apply too)."""
+
+    mixup_alpha: float = 1.0  # reference code: lambda ~ Beta(1, 1)
+    tcsm_ema_decay: float = 0.99  # mean teacher (Tarvainen & Valpola; TCSM)
+    tcsm_consistency_weight: float = 1.0  # maximum weight of the consistency loss
+    tcsm_rampup_epochs: float = 40.0  # sigmoid ramp-up exp(-5 (1 - t)^2) over these epochs
+    tcsm_noise_std: float = 0.05  # Gaussian noise on student and teacher inputs
+    tcsm_unlabeled_batch_size: int = 8  # unlabeled slices per step beside the labeled batch
+    self_positions: int = 13  # global+local(self): 13 (or 9) points per map
+
+    def validate(self) -> None:
+        _check(self.mixup_alpha > 0, "mixup_alpha", "must be > 0")
+        _check(0 <= self.tcsm_ema_decay < 1, "tcsm_ema_decay", "must be in [0, 1)")
+        _check(self.tcsm_consistency_weight >= 0 and self.tcsm_rampup_epochs >= 0 and self.tcsm_noise_std >= 0,
+               "tcsm_*", "must be >= 0")
+        _check(self.tcsm_unlabeled_batch_size >= 1, "tcsm_unlabeled_batch_size", "must be >= 1")
+        _check(self.self_positions in (9, 13), "self_positions", "must be 9 or 13")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Stages and the runtime they share."""
 
@@ -216,6 +237,7 @@ class TrainConfig:
     finetune_stage: StageConfig = field(
         default_factory=lambda: StageConfig(epochs=120, batch_size=8, learning_rate=5e-4)
     )
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
     devices: int = 0  # 0: all visible GPUs (or one CPU); N>1 on CPU: N logical CPU devices
     # float32; mixed_float16 (GPUs, with loss scaling); mixed_bfloat16 (CPUs/TPUs). Losses stay float32.
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
@@ -223,7 +245,7 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("global_stage", "local_stage", "finetune_stage"):
+        for name in ("global_stage", "local_stage", "finetune_stage", "baselines"):
             try:
                 getattr(self, name).validate()
             except ConfigError as exc:

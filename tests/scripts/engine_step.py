@@ -7,7 +7,7 @@ initialises, hence one process per device count):
 
 and importable (`write_init`, `run_stages`) for the single-device reference that the
 test runs in its own process. For each stage (global, local-stride, local-block,
-finetune) `run_stages` builds the stage's Task with the initial weights of
+finetune; a "+clip" suffix sets clip_norm = CLIP_NORM) `run_stages` builds the stage's Task with the initial weights of
 `DIR/<model>_init.npz`, replaces its dataset by one fixed global batch repeated, runs
 exactly one step through `Trainer.fit` (one epoch of one step) and writes the weights
 after the step to `OUT/<stage>_after.npz`; it returns the losses and the optimizer
@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-STAGES = ("global", "local-stride", "local-block", "finetune")
+STAGES = ("global", "local-stride", "local-block", "finetune")  # and "<stage>+clip"
+CLIP_NORM = 0.05
 MODEL_OF = {"global": "global_model", "local": "local_model", "finetune": "segmenter"}
 BATCH = 4
 SIZE = 32
@@ -106,7 +107,6 @@ def run_stages(strategy, init: Path, out: Path, stages=STAGES, clip_norm=None) -
         return keras.optimizers.Adam(learning_rate=lr, epsilon=1.0, global_clipnorm=cfg.clip_norm)
 
     n = strategy.num_replicas_in_sync
-    cfg = make_config(clip_norm)
     images, labels = fixed_batch()
     arrays = TrainingArrays(images, images, labels, [], [])
     x = tf.constant(images[..., None])
@@ -121,8 +121,10 @@ def run_stages(strategy, init: Path, out: Path, stages=STAGES, clip_norm=None) -
     engine.make_optimizer = adam_eps1
     try:
         for stage in stages:
-            kind, _, mode = stage.partition("-")
-            scfg = cfg.replace(**{"train.local_stage.mode": mode}) if mode else cfg
+            name, _, extra = stage.partition("+")  # "+clip": clip_norm far below the gradient norm
+            kind, _, mode = name.partition("-")
+            scfg = make_config(CLIP_NORM if extra == "clip" else clip_norm)
+            scfg = scfg.replace(**{"train.local_stage.mode": mode}) if mode else scfg
             init_file = Path(init) / f"{MODEL_OF[kind]}_init.npz"
             task = classes[kind](scfg, arrays, NUM_CLASSES, init_from=(init_file, ()), num_replicas=n)
             task.steps_per_epoch = 1

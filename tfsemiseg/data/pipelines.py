@@ -7,6 +7,8 @@ Augmentation is stateless: each sample's random seed comes from a seeded
 batches.
 
 global:   every train slice, labels unused -> (view_a, view_b), each [B, H, W, 1]
+views:    every train slice, intensity-only views -> (view_a, view_b) (local self baseline)
+unlabeled: every train slice, no augmentation -> image [B, H, W, 1] (TCSM)
 local:    labeled slices, intensity-only views -> (view_a, view_b, label [B, H, W])
 finetune: labeled slices, spatial + intensity -> (image [B, H, W, 1], label [B, H, W])
 eval:     one volume's slices in order, no augmentation -> image [b, H, W, 1]
@@ -105,6 +107,30 @@ def finetune_dataset(
 
     ds = _base((images.astype(np.float32), labels.astype(np.uint8)), seed, deterministic)
     return _finish(ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+
+
+def views_dataset(
+    images: np.ndarray, batch_size: int, aug: AugmentConfig, seed: int = 0, deterministic: bool = False
+) -> tf.data.Dataset:
+    """Two intensity-only views of unlabeled slices: (view_a, view_b) [B, H, W, 1].
+
+    For the self-supervised local baseline, whose points must correspond across views.
+    """
+
+    def views(sample, s):
+        (image,) = sample
+        sa, sb = tf.unstack(tf.random.experimental.stateless_split(s, 2))
+        return (random_intensity(image, aug.local_intensity, sa)[..., None],
+                random_intensity(image, aug.local_intensity, sb)[..., None])
+
+    ds = _base((images.astype(np.float32),), seed, deterministic)
+    return _finish(ds.map(views, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+
+
+def unlabeled_dataset(images: np.ndarray, batch_size: int, seed: int = 0, deterministic: bool = False) -> tf.data.Dataset:
+    """Shuffled unlabeled slices, unaugmented: [B, H, W, 1] (TCSM augments inside the step)."""
+    ds = _base((images.astype(np.float32),), seed, deterministic)
+    return _finish(ds.map(lambda sample, s: sample[0][..., None], num_parallel_calls=AUTOTUNE), batch_size)
 
 
 def volume_batches(volume: SliceVolume, batch_size: int = 64) -> Iterator[np.ndarray]:

@@ -5,13 +5,15 @@ Every loss casts its inputs to float32 at entry and returns a scalar float32.
 
 from tfsemiseg.losses.global_contrastive import global_contrastive_loss, nt_xent_from_pairs
 from tfsemiseg.losses.local_contrastive import (
-    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CHUNK_ELEMENTS,
+    MIN_CHUNK_ROWS,
     local_contrastive_points,
+    pooled_weighted_lse_sum,
     self_supervised_local_contrastive_loss,
-    streaming_masked_lse,
     supervised_local_contrastive_loss,
     supervised_local_contrastive_loss_with_count,
 )
+from tfsemiseg.losses.semi_supervised import consistency_loss, flip_rotate, mixup_loss, sigmoid_rampup
 from tfsemiseg.losses.segmentation import (
     DICE_EPSILON,
     cross_entropy,
@@ -20,16 +22,21 @@ from tfsemiseg.losses.segmentation import (
 )
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE",
+    "consistency_loss",
+    "flip_rotate",
+    "mixup_loss",
+    "sigmoid_rampup",
+    "DEFAULT_CHUNK_ELEMENTS",
     "DICE_EPSILON",
+    "MIN_CHUNK_ROWS",
     "cross_entropy",
     "global_contrastive_loss",
     "local_contrastive_points",
     "nt_xent_from_pairs",
+    "pooled_weighted_lse_sum",
     "segmentation_loss",
     "self_supervised_local_contrastive_loss",
     "soft_dice_loss",
-    "streaming_masked_lse",
     "supervised_local_contrastive_loss",
     "supervised_local_contrastive_loss_with_count",
 ]

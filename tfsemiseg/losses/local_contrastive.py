@@ -2,13 +2,14 @@
 
 * :func:`supervised_local_contrastive_loss` - the supervised local loss of
   Hu et al., MICCAI 2021, with the ``stride``, ``block`` and ``full`` pooling
-  strategies (``full`` is exact and memory-bounded: chunked anchors, streaming
-  log-sum-exp and a custom gradient).
+  strategies. Every mode is exact and memory-bounded: only anchor rows are
+  computed, one [chunk of anchors, keys of the pool] block at a time, with a
+  custom gradient (see :func:`pooled_weighted_lse_sum`).
 * :func:`self_supervised_local_contrastive_loss` - the 9/13-point local loss of
   Chaitanya et al., NeurIPS 2020, used as a baseline.
 
 All arithmetic is float32 whatever the input dtype. Features are L2-normalised
-over channels here (autodiff handles the normalisation).
+over channels here (outside the custom gradient: autodiff handles it).
 
 Definitions shared by the supervised modes. A *pool* is a set of points. In one
 pool, with ``s`` the dot product of normalised features and ``t`` the
@@ -37,16 +38,21 @@ import tensorflow as tf
 from tfsemiseg.losses.global_contrastive import nt_xent_from_pairs
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_CHUNK_ELEMENTS",
+    "MIN_CHUNK_ROWS",
     "supervised_local_contrastive_loss",
     "supervised_local_contrastive_loss_with_count",
     "self_supervised_local_contrastive_loss",
     "local_contrastive_points",
+    "pooled_weighted_lse_sum",
 ]
 
-# Anchors per chunk in ``mode="full"``: peak extra memory is about
-# 3 * DEFAULT_CHUNK_SIZE * N * 4 bytes for N points in the pool.
-DEFAULT_CHUNK_SIZE = 256
+# Work is cut into blocks of [chunk of a pool's anchors, all keys of the pool]
+# holding about DEFAULT_CHUNK_ELEMENTS similarities (16 MB in float32) but at
+# least MIN_CHUNK_ROWS anchors: peak extra memory is a few blocks, i.e.
+# O(max(DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ROWS * N)) for N points, never N^2.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+MIN_CHUNK_ROWS = 16
 
 # Finite "minus infinity" for masked logits (exp underflows to exactly 0 while
 # values and gradients stay finite, even for rows that are entirely masked).
@@ -63,104 +69,158 @@ def _normalize(features: tf.Tensor) -> tf.Tensor:
 
 
 # --------------------------------------------------------------------------
-# Batched pools: stride and block modes
+# Pooled, chunked log-sum-exp with a custom gradient (all modes)
 # --------------------------------------------------------------------------
 
 
-def _batched_pool_loss(
-    x: tf.Tensor, y: tf.Tensor, valid: tf.Tensor | None, temperature: float
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Mean supervised contrastive loss over ``T`` pools of ``n`` points.
+def pooled_weighted_lse_sum(
+    queries: tf.Tensor,
+    keys: tf.Tensor,
+    self_index: tf.Tensor,
+    weights: tf.Tensor,
+    q_offsets: tf.Tensor,
+    k_offsets: tf.Tensor,
+    temperature: float,
+    chunk_size: int | None = None,
+    max_logit: float | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> tf.Tensor:
+    """``sum_i w_i * log sum_{k in pool(i), k != self_index[i]} exp(q_i . k_k / t)``.
 
-    Only anchor rows are materialised: the anchors of every pool are moved to
-    the front (stable sort) and padded to ``m_max`` = the largest number of
-    anchors in a pool, so the similarity block is ``[T, m_max, n]``.
+    Queries and keys are sorted by pool: pool ``p`` owns
+    ``queries[q_offsets[p]:q_offsets[p+1]]`` and
+    ``keys[k_offsets[p]:k_offsets[p+1]]``. Exact, without ever holding more
+    than one [chunk, keys of the pool] block of similarities: a
+    ``tf.while_loop`` over pools and, inside, over chunks of the pool's
+    queries computes each block once. Because the output is a fixed weighted
+    sum, the block's gradient contribution is accumulated in the same pass
+    (with ``p_ik`` the masked softmax of row ``i``)::
+
+        dq_i = (w_i / t) sum_k p_ik k_k        dk_k = sum_i (w_i / t) p_ik q_i
+
+    and the backward pass only scales these [M, C] / [N, C] buffers by the
+    incoming gradient: no similarity is stored or recomputed, and a block
+    costs three matmuls and one ``exp`` pass. (Evaluating the value alone
+    costs the same.) Works in eager mode and in ``tf.function`` with dynamic
+    sizes, including no query at all.
 
     Args:
-      x: [T, n, C] L2-normalised float32 features.
-      y: [T, n] int32 labels (0 = background).
-      valid: [T, n] bool, False for padding points (not in the pool at all),
-        or None when every point is real.
+      queries: [M, C] float32. keys: [N, C] float32.
+      self_index: [M] int32, absolute index in ``keys`` of the key excluded
+        from query i's sum (the query itself).
+      weights: [M] float32 ``w_i`` (treated as constants: no gradient).
+      q_offsets, k_offsets: [T+1] int32 pool boundaries (0 first, M / N last).
       temperature: ``t``.
+      chunk_size: queries per block; ``None``: per pool,
+        ``clip(chunk_elements // keys_in_pool, MIN_CHUNK_ROWS, queries)``.
+      max_logit: an upper bound of every logit (``1/t`` for unit vectors),
+        used as a fixed shift folded into the matmul; ``None`` subtracts each
+        row's maximum. With a bound, ``exp(logit - max_logit)`` must not
+        underflow for all terms of a row (for unit vectors: ``2/t < 80``).
 
     Returns:
-      (loss, num_anchors): scalar float32 mean over the pools that have at
-      least one anchor of the pool losses (0 if there is none), and the scalar
-      int32 total number of anchors.
+      Scalar float32.
     """
     inv_t = 1.0 / temperature
-    shape = tf.shape(x)
-    t_pools, n = shape[0], shape[1]
-    channels = x.shape[-1] if x.shape[-1] is not None else shape[2]
+    self_index = tf.cast(self_index, tf.int32)
+    weights = tf.stop_gradient(tf.cast(weights, tf.float32))
+    q_offsets = tf.cast(q_offsets, tf.int32)
+    k_offsets = tf.cast(k_offsets, tf.int32)
+    num_pools = tf.size(q_offsets) - 1
+    channels = keys.shape[-1] if keys.shape[-1] is not None else tf.shape(keys)[-1]
+    fixed = max_logit is not None
 
-    # Per-pool class statistics: counts and feature sums of (pool, label).
-    uniq, uidx = tf.unique(tf.reshape(y, [-1]))
-    num_u = tf.size(uniq)
-    seg = tf.reshape(uidx, [t_pools, n]) + tf.range(t_pools)[:, None] * num_u  # [T, n]
-    flat_seg = tf.reshape(seg, [-1])
-    if valid is None:
-        point_w = tf.ones([t_pools * n], tf.float32)
-        xv = x
-    else:
-        point_w = tf.reshape(tf.cast(valid, tf.float32), [-1])
-        xv = x * tf.cast(valid, tf.float32)[..., None]
-    counts = tf.math.unsorted_segment_sum(point_w, flat_seg, t_pools * num_u)  # [T*U]
-    sums = tf.math.unsorted_segment_sum(
-        tf.reshape(xv, [-1, channels]), flat_seg, t_pools * num_u
-    )  # [T*U, C]
+    @tf.custom_gradient
+    def _fused(q: tf.Tensor, k: tf.Tensor):
+        # stop_gradient: nothing of the loops is recorded on a tape.
+        q_sg = tf.stop_gradient(q)
+        k_sg = tf.stop_gradient(k)
+        q_in = q_sg * inv_t  # [M, C]
+        k_t = tf.transpose(k_sg)  # [C, N]
+        if fixed:  # extra channel: keys 1, queries -shift => logits - shift
+            q_in = tf.concat([q_in, tf.fill([tf.shape(q_sg)[0], 1], tf.constant(-max_logit, tf.float32))], 1)
+            k_t = tf.concat([k_t, tf.ones([1, tf.shape(k_sg)[0]], tf.float32)], 0)
+        q_w = q_sg * (weights * inv_t)[:, None]  # [M, C]: w_i q_i / t
 
-    is_anchor = tf.logical_and(y != 0, tf.gather(counts, seg) >= 2.0)
-    if valid is not None:
-        is_anchor = tf.logical_and(is_anchor, valid)
-    m = tf.reduce_sum(tf.cast(is_anchor, tf.int32), axis=1)  # [T]
-    m_max = tf.reduce_max(m)
-    order = tf.argsort(
-        tf.cast(is_anchor, tf.int32), axis=1, direction="DESCENDING", stable=True
-    )[:, :m_max]  # [T, m_max] anchors first
-    row_valid = tf.range(m_max)[None, :] < m[:, None]  # [T, m_max]
+        def pool_body(p, total, item, dq_out, dk_out):
+            qs, qe = q_offsets[p], q_offsets[p + 1]
+            ks, ke = k_offsets[p], k_offsets[p + 1]
+            if chunk_size is None:
+                rows = tf.clip_by_value(
+                    chunk_elements // tf.maximum(ke - ks, 1), MIN_CHUNK_ROWS, tf.maximum(qe - qs, 1)
+                )
+            else:
+                rows = max(int(chunk_size), 1)
+            k_t_p = k_t[:, ks:ke]  # [C(+1), n_p]
+            k_p = k_sg[ks:ke]  # [n_p, C]
 
-    q = tf.gather(x, order, batch_dims=1)  # [T, m_max, C]
-    logits = tf.matmul(q * inv_t, x, transpose_b=True)  # [T, m_max, n]
-    if valid is not None:
-        key_bias = tf.where(valid, 0.0, _NEG)  # [T, n]
-        logits = logits + key_bias[:, None, :]
-    # Exclude k == i from the denominator.
-    t_idx = tf.broadcast_to(tf.range(t_pools)[:, None], tf.shape(order))
-    r_idx = tf.broadcast_to(tf.range(m_max)[None, :], tf.shape(order))
-    self_pos = tf.reshape(tf.stack([t_idx, r_idx, order], axis=-1), [-1, 3])
-    logits = tf.tensor_scatter_nd_update(
-        logits, self_pos, tf.fill(tf.shape(self_pos)[:1], tf.constant(_NEG, tf.float32))
-    )
-    lse = tf.reduce_logsumexp(logits, axis=-1)  # [T, m_max]
+            def chunk_body(a, total, item, dq_out, dk_p):
+                b = tf.minimum(a + rows, qe)
+                logits = tf.matmul(q_in[a:b], k_t_p)  # [r, n_p] (minus the shift if fixed)
+                self_c = self_index[a:b] - ks
+                self_pos = tf.stack([tf.range(b - a), self_c], axis=1)
+                if fixed:
+                    e = tf.exp(logits)
+                    shift = max_logit
+                else:
+                    logits = tf.tensor_scatter_nd_update(logits, self_pos, tf.fill([b - a], _NEG))
+                    shift = tf.reduce_max(logits, axis=1, keepdims=True)
+                    e = tf.exp(logits - shift)
+                    shift = shift[:, 0]
+                e = tf.tensor_scatter_nd_update(e, self_pos, tf.zeros([b - a], tf.float32))
+                row_sum = tf.reduce_sum(e, axis=1)  # [r] > 0 for anchors
+                lse = tf.math.log(row_sum) + shift
+                inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
+                dq_c = tf.matmul(e, k_p) * (inv_sum * weights[a:b, None] * inv_t)  # [r, C]
+                dk_p = dk_p + tf.matmul(e, q_w[a:b] * inv_sum, transpose_a=True)  # [n_p, C]
+                total = total + tf.reduce_sum(weights[a:b] * lse)
+                return b, total, item + 1, dq_out.write(item, dq_c), dk_p
 
-    seg_q = tf.gather(seg, order, batch_dims=1)  # [T, m_max]
-    class_sum = tf.gather(sums, seg_q)  # [T, m_max, C]
-    num_pos = tf.maximum(tf.gather(counts, seg_q) - 1.0, 1.0)
-    pos = (tf.reduce_sum(q * class_sum, -1) - tf.reduce_sum(q * q, -1)) * inv_t / num_pos
-    per_anchor = tf.where(row_valid, lse - pos, 0.0)
+            _, total, item, dq_out, dk_p = tf.while_loop(
+                lambda a, *_: a < qe,
+                chunk_body,
+                (qs, total, item, dq_out, tf.zeros(tf.stack([ke - ks, channels]), tf.float32)),
+                parallel_iterations=1,
+            )
+            return p + 1, total, item, dq_out, dk_out.write(p, dk_p)
 
-    pool_loss = tf.math.divide_no_nan(tf.reduce_sum(per_anchor, axis=1), tf.cast(m, tf.float32))
-    num_pools = tf.reduce_sum(tf.cast(m > 0, tf.float32))
-    loss = tf.math.divide_no_nan(tf.reduce_sum(pool_loss), num_pools)
-    return loss, tf.reduce_sum(m)
+        elem = tf.TensorShape([None]).concatenate(keys.shape[1:])
+        dq_out = tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=elem, infer_shape=False)
+        dk_out = tf.TensorArray(tf.float32, size=num_pools, element_shape=elem, infer_shape=False)
+        _, total, item, dq_out, dk_out = tf.while_loop(
+            lambda p, *_: p < num_pools,
+            pool_body,
+            (tf.constant(0), tf.constant(0.0), tf.constant(0), dq_out, dk_out),
+            parallel_iterations=1,
+        )
+        # A trailing empty block: concat of an empty TensorArray fails.
+        dq = dq_out.write(item, tf.zeros(tf.stack([0, channels]), tf.float32)).concat()
+        dk = dk_out.concat()
+
+        def grad(dy: tf.Tensor):
+            return dq * dy, dk * dy
+
+        return total, grad
+
+    return _fused(queries, keys)
 
 
-def _tiles(
+def _tile_points(
     x: tf.Tensor, y: tf.Tensor, block_size: int
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Cuts maps into ``block_size`` tiles; one pool per tile position.
 
     Tiles start at multiples of ``block_size`` from the top-left; when H or W
     is not a multiple, the last row/column of tiles is smaller (the bottom /
-    right remainder), so every pixel belongs to exactly one tile. Internally
-    the maps are zero-padded to a multiple and the padding is marked invalid.
+    right remainder), so every pixel belongs to exactly one tile.
 
     Args:
       x: [B, H, W, C] features. y: [B, H, W] labels.
 
     Returns:
-      x: [T, B*bs*bs, C], y: [T, B*bs*bs], valid: [T, B*bs*bs] bool or None
-      when no padding was needed. T = ceil(H/bs) * ceil(W/bs).
+      x: [N, C] and y: [N] (N = B*H*W) sorted by tile position (row-major over
+      tile positions, then map, then pixel in the tile); pool: [N] int32 tile
+      index; num_pools: ceil(H/bs) * ceil(W/bs).
     """
     bs = block_size
     static_hw = x.shape[1:3]
@@ -169,14 +229,9 @@ def _tiles(
     channels = x.shape[-1] if x.shape[-1] is not None else dyn[3]
     nh = (h + bs - 1) // bs
     nw = (w + bs - 1) // bs
-    exact = (
-        static_hw[0] is not None
-        and static_hw[1] is not None
-        and static_hw[0] % bs == 0
-        and static_hw[1] % bs == 0
-    )
+    exact = None not in static_hw and static_hw[0] % bs == 0 and static_hw[1] % bs == 0
     valid = None
-    if not exact:
+    if not exact:  # zero-pad to whole tiles, then drop the padding again
         pads = [[0, 0], [0, nh * bs - h], [0, nw * bs - w]]
         valid = tf.pad(tf.ones([b, h, w], tf.int32), pads) > 0
         x = tf.pad(x, pads + [[0, 0]])
@@ -185,153 +240,64 @@ def _tiles(
     def to_pools(t: tf.Tensor, depth: list) -> tf.Tensor:
         t = tf.reshape(t, tf.stack([b, nh, bs, nw, bs] + depth))
         t = tf.transpose(t, [1, 3, 0, 2, 4] + ([5] if depth else []))
-        return tf.reshape(t, tf.stack([nh * nw, b * bs * bs] + depth))
+        return tf.reshape(t, tf.stack([nh * nw * b * bs * bs] + depth))
 
     x = to_pools(x, [channels])
     y = to_pools(y, [])
+    pool = tf.repeat(tf.range(nh * nw), b * bs * bs)
     if valid is not None:
-        valid = to_pools(valid, [])
-    return x, y, valid
+        keep = to_pools(valid, [])
+        x, y, pool = tf.boolean_mask(x, keep), tf.boolean_mask(y, keep), tf.boolean_mask(pool, keep)
+    return x, y, pool, nh * nw
 
 
-# --------------------------------------------------------------------------
-# Full mode: chunked anchors, streaming log-sum-exp, custom gradient
-# --------------------------------------------------------------------------
-
-
-def _set_self(x: tf.Tensor, self_c: tf.Tensor, value: float) -> tf.Tensor:
-    """Sets x[r, self_c[r]] = value for every row r of a [c, N] chunk."""
-    rows = tf.range(tf.shape(self_c)[0])
-    return tf.tensor_scatter_nd_update(
-        x, tf.stack([rows, self_c], axis=1), tf.fill(tf.shape(self_c), tf.constant(value, tf.float32))
-    )
-
-
-def streaming_masked_lse(
-    queries: tf.Tensor,
-    keys: tf.Tensor,
-    self_index: tf.Tensor,
+def _pooled_loss(
+    x: tf.Tensor,
+    y: tf.Tensor,
+    pool: tf.Tensor,
+    num_pools: tf.Tensor | int,
     temperature: float,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    max_logit: float | None = None,
-) -> tf.Tensor:
-    """``log sum_{k != self_index[i]} exp(queries_i . keys_k / t)`` per query.
-
-    Exact, with peak memory O(chunk_size * N): queries are processed in chunks
-    of ``chunk_size`` rows (last chunk ragged) inside ``tf.while_loop``; the
-    backward pass recomputes each chunk's similarities instead of storing
-    them (gradient: ``dq_i = (dy_i/t) sum_k p_ik k_k``, ``dk_k = sum_i
-    (dy_i/t) p_ik q_i`` with ``p`` the masked softmax of row ``i``). Works in
-    eager mode and inside ``tf.function`` with a dynamic number of queries
-    (including zero).
-
-    The row shift of the exponentials is folded into the matmul by an extra
-    channel (keys get a constant 1, queries ``-shift``), so each chunk costs
-    one matmul and one ``exp`` pass forward and backward.
-
-    Args:
-      queries: [M, C] float32. keys: [N, C] float32.
-      self_index: [M] int32, the key column excluded from query i's sum.
-      temperature: ``t``. chunk_size: queries per chunk.
-      max_logit: an upper bound of every logit (``1/t`` for unit vectors),
-        used as a fixed shift; ``None`` computes each row's maximum (one more
-        pass). Must be such that ``exp(logit - max_logit)`` does not
-        underflow for every term of a row (for unit vectors: ``2/t < 80``).
-
-    Returns:
-      [M] float32.
-    """
-    inv_t = 1.0 / temperature
-    self_index = tf.cast(self_index, tf.int32)
-    # At least one (possibly empty) chunk: concat of an empty TensorArray fails.
-    num_chunks = tf.maximum((tf.shape(queries)[0] + chunk_size - 1) // chunk_size, 1)
-    q_elem = tf.TensorShape([None]).concatenate(queries.shape[1:])
-
-    def chunk(i: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-        return t[i * chunk_size : (i + 1) * chunk_size]
-
-    @tf.custom_gradient
-    def _lse(q: tf.Tensor, k: tf.Tensor):
-        # stop_gradient: nothing of the forward loop is recorded on a tape.
-        q_sg = tf.stop_gradient(q) * inv_t  # [M, C]
-        k_sg = tf.stop_gradient(k)
-        # [C+1, N]: keys transposed plus a row of ones carrying the shift.
-        k_aug = tf.concat([tf.transpose(k_sg), tf.ones([1, tf.shape(k_sg)[0]], tf.float32)], 0)
-
-        def fwd_body(i, out):
-            q_c, self_c = chunk(i, q_sg), chunk(i, self_index)
-            if max_logit is None:
-                logits = tf.matmul(q_c, k_aug[:-1])
-                lse_c = tf.reduce_logsumexp(_set_self(logits, self_c, _NEG), axis=1)
-            else:
-                shift = tf.fill(tf.shape(q_c)[:1], tf.constant(-max_logit, tf.float32))
-                e = tf.exp(tf.matmul(tf.concat([q_c, shift[:, None]], 1), k_aug))
-                lse_c = tf.math.log(tf.reduce_sum(_set_self(e, self_c, 0.0), axis=1)) + max_logit
-            return i + 1, out.write(i, lse_c)
-
-        out = tf.TensorArray(
-            tf.float32, size=num_chunks, element_shape=tf.TensorShape([None]), infer_shape=False
-        )
-        _, out = tf.while_loop(
-            lambda i, _: i < num_chunks, fwd_body, (tf.constant(0), out), parallel_iterations=1
-        )
-        lse = out.concat()
-
-        def grad(dlse: tf.Tensor):
-            d = tf.convert_to_tensor(dlse)[:, None] * inv_t  # [M, 1]
-
-            def bwd_body(i, dk_t, dq_out):
-                q_c = chunk(i, q_sg)
-                # p = masked softmax rows: exp(q.k/t - lse) with exp(self) := 0.
-                q_aug = tf.concat([q_c, -chunk(i, lse)[:, None]], 1)
-                p = _set_self(tf.exp(tf.matmul(q_aug, k_aug)), chunk(i, self_index), 0.0)
-                d_c = chunk(i, d)
-                dq_c = tf.matmul(p, k_sg) * d_c  # [c, C]
-                dk_t = dk_t + tf.matmul(q_c * (d_c * temperature), p, transpose_a=True)  # [C, N]
-                return i + 1, dk_t, dq_out.write(i, dq_c)
-
-            dq_out = tf.TensorArray(tf.float32, size=num_chunks, element_shape=q_elem, infer_shape=False)
-            _, dk_t, dq_out = tf.while_loop(
-                lambda i, *_: i < num_chunks,
-                bwd_body,
-                (tf.constant(0), tf.zeros_like(k_aug[:-1]), dq_out),
-                parallel_iterations=1,
-            )
-            return dq_out.concat(), tf.transpose(dk_t)
-
-        return lse, grad
-
-    return _lse(queries, keys)
-
-
-def _full_loss(
-    x: tf.Tensor, y: tf.Tensor, temperature: float, chunk_size: int
+    chunk_size: int | None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """One pool of all N points, exact, O(chunk_size * N) memory.
+    """Mean over pools with anchors of the pools' mean anchor loss.
 
     Args:
-      x: [N, C] L2-normalised float32 features. y: [N] int32 labels.
+      x: [N, C] L2-normalised float32 features, sorted by pool.
+      y: [N] int32 labels. pool: [N] int32 pool index (non-decreasing).
+      num_pools: T. temperature: ``t``. chunk_size: see pooled_weighted_lse_sum.
 
     Returns:
-      (loss, num_anchors) as in :func:`_batched_pool_loss`.
+      (loss, num_anchors): scalar float32 (0 without anchors) and int32.
     """
     inv_t = 1.0 / temperature
-    uniq, seg = tf.unique(y)
-    num_u = tf.size(uniq)
-    counts = tf.math.unsorted_segment_sum(tf.ones_like(y, tf.float32), seg, num_u)  # [U]
-    sums = tf.math.unsorted_segment_sum(x, seg, num_u)  # [U, C]
+    # Per-(pool, class) point counts; P(i) = the other points of i's (pool, class).
+    uniq, uidx = tf.unique(y)
+    num_seg = num_pools * tf.size(uniq)
+    seg = pool * tf.size(uniq) + uidx  # [N]
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(y, tf.float32), seg, num_seg)
     is_anchor = tf.logical_and(y != 0, tf.gather(counts, seg) >= 2.0)
-    anchor_idx = tf.cast(tf.where(is_anchor)[:, 0], tf.int32)  # [M]
+    anchor_idx = tf.cast(tf.where(is_anchor)[:, 0], tf.int32)  # [M], sorted: grouped by pool
+    anchor_pool = tf.gather(pool, anchor_idx)
+    m_p = tf.math.unsorted_segment_sum(tf.ones_like(anchor_idx), anchor_pool, num_pools)  # [T]
+    n_p = tf.math.unsorted_segment_sum(tf.ones_like(pool), pool, num_pools)
+    q_off = tf.concat([[0], tf.cumsum(m_p)], 0)
+    k_off = tf.concat([[0], tf.cumsum(n_p)], 0)
+    # Loss = mean over used pools of the mean over their anchors: weight per anchor.
+    used = tf.reduce_sum(tf.cast(m_p > 0, tf.float32))
+    w = tf.math.divide_no_nan(1.0, tf.gather(tf.cast(m_p, tf.float32), anchor_pool) * used)  # [M]
+
     q = tf.gather(x, anchor_idx)  # [M, C]
     # |logit| <= 1/t for unit vectors: fixed shift unless exp(-2/t) could underflow.
     max_logit = inv_t if 2.0 * inv_t < 80.0 else None
-    lse = streaming_masked_lse(q, x, anchor_idx, temperature, chunk_size, max_logit)  # [M]
+    lse_sum = pooled_weighted_lse_sum(q, x, anchor_idx, w, q_off, k_off, temperature, chunk_size, max_logit)
+
+    # Positive term: sum_p s_ip = q_i . (sum of i's class in the pool) - q_i . q_i.
+    # Every member of a class with >= 2 members is an anchor, so sum over anchors.
     seg_q = tf.gather(seg, anchor_idx)
+    class_sum = tf.gather(tf.math.unsorted_segment_sum(q, seg_q, num_seg), seg_q)  # [M, C]
     num_pos = tf.maximum(tf.gather(counts, seg_q) - 1.0, 1.0)
-    pos = (tf.reduce_sum(q * tf.gather(sums, seg_q), -1) - tf.reduce_sum(q * q, -1)) * inv_t / num_pos
-    num_anchors = tf.size(anchor_idx)
-    loss = tf.math.divide_no_nan(tf.reduce_sum(lse - pos), tf.cast(num_anchors, tf.float32))
-    return loss, num_anchors
+    pos = (tf.reduce_sum(q * class_sum, -1) - tf.reduce_sum(q * q, -1)) * inv_t / num_pos
+    return lse_sum - tf.reduce_sum(w * pos), tf.size(anchor_idx)
 
 
 # --------------------------------------------------------------------------
@@ -347,7 +313,7 @@ def supervised_local_contrastive_loss_with_count(
     stride: int = 4,
     block_size: int = 16,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Supervised local contrastive loss and its number of anchors.
 
@@ -359,28 +325,27 @@ def supervised_local_contrastive_loss_with_count(
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    x = _normalize(features)  # [B, H, W, C]
-    y = tf.cast(labels, tf.int32)  # [B, H, W]
-    if x.shape.rank is not None and x.shape.rank != 4:
-        raise ValueError(f"features must be [B, H, W, C], got shape {x.shape}")
-    channels = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
-
-    if mode == "full":
-        return _full_loss(
-            tf.reshape(x, [-1, channels]), tf.reshape(y, [-1]), temperature, int(chunk_size)
-        )
+    features = tf.convert_to_tensor(features)
+    if features.shape.rank is not None and features.shape.rank != 4:
+        raise ValueError(f"features must be [B, H, W, C], got shape {features.shape}")
+    labels = tf.cast(labels, tf.int32)  # [B, H, W]
     if mode == "stride":
         if int(stride) < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        xs = x[:, :: int(stride), :: int(stride), :]
-        ys = y[:, :: int(stride), :: int(stride)]
-        return _batched_pool_loss(
-            tf.reshape(xs, [1, -1, channels]), tf.reshape(ys, [1, -1]), None, temperature
-        )
-    if int(block_size) < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    xt, yt, valid = _tiles(x, y, int(block_size))
-    return _batched_pool_loss(xt, yt, valid, temperature)
+        # Subsample first: only the selected points are normalised.
+        features = features[:, :: int(stride), :: int(stride), :]
+        labels = labels[:, :: int(stride), :: int(stride)]
+    x = _normalize(features)  # [B, H', W', C]
+    channels = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
+    if mode == "block":
+        if int(block_size) < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        x, y, pool, num_pools = _tile_points(x, labels, int(block_size))
+    else:  # one pool of every (selected) point
+        x = tf.reshape(x, tf.stack([-1, channels]))
+        y = tf.reshape(labels, [-1])
+        pool, num_pools = tf.zeros_like(y), 1
+    return _pooled_loss(x, y, pool, num_pools, temperature, chunk_size)
 
 
 def supervised_local_contrastive_loss(
@@ -391,7 +356,7 @@ def supervised_local_contrastive_loss(
     stride: int = 4,
     block_size: int = 16,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> tf.Tensor:
     """Supervised local (pixel) contrastive loss of Hu et al. (2021).
 
@@ -414,13 +379,19 @@ def supervised_local_contrastive_loss(
           (every pixel belongs to exactly one tile). Tile positions without an
           anchor are skipped; the loss is the mean of the other pools'
           losses.
-        * ``"full"``: one pool of every pixel of every map (stride 1),
-          computed exactly in chunks of ``chunk_size`` anchors with a
-          streaming log-sum-exp and a custom gradient: memory
-          O(chunk_size * B*H*W), never the full similarity matrix.
+        * ``"full"``: one pool of every pixel of every map (stride 1).
+
+        All modes are exact and never materialise more than one block of
+        the similarity matrix: only anchor rows are computed, in blocks of
+        [``chunk_size`` anchors of a pool, all keys of the pool], and the
+        gradient is accumulated block by block in the forward pass by a
+        custom gradient (see :func:`pooled_weighted_lse_sum`); memory is
+        O(chunk x N), not N^2.
       stride: subsampling step of ``"stride"`` mode.
       block_size: tile size of ``"block"`` mode.
-      chunk_size: anchors per chunk in ``"full"`` mode.
+      chunk_size: anchors per block; ``None`` (default) sizes blocks to about
+        ``DEFAULT_CHUNK_ELEMENTS`` similarities (at least ``MIN_CHUNK_ROWS``
+        anchors).
 
     Returns:
       Scalar float32 loss; 0 (with zero gradient) when there is no anchor.

@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -162,7 +162,10 @@ class Trainer:
         with strategy.scope():
             task.build()
             self._schedule = learning_rate_schedule(cfg, self.total_steps, task.steps_per_epoch)
-            self.optimizer = make_optimizer(cfg, self._schedule, precision)
+            # With several replicas the Keras optimizer would clip each replica's partial
+            # gradient before summing them; the step clips the summed gradient instead.
+            opt_cfg = replace(cfg, clip_norm=None) if strategy.num_replicas_in_sync > 1 else cfg
+            self.optimizer = make_optimizer(opt_cfg, self._schedule, precision)
             # Keras 3: build before the first step, a lazily built optimizer fails in strategy.run
             self.optimizer.build(task.trainable_variables)
             self.rng = tf.random.Generator.from_seed(seed)
@@ -186,6 +189,10 @@ class Trainer:
         strategy, task, opt = self.strategy, self.task, self.optimizer
         num_replicas = strategy.num_replicas_in_sync
         scaled = isinstance(opt, keras.optimizers.LossScaleOptimizer)
+        clip_norm = self.cfg.clip_norm if num_replicas > 1 else None  # else the optimizer clips
+        # State the forward pass changes (BatchNorm moving statistics): put back when the
+        # step is skipped (nothing to learn from) or rejected (non-finite loss).
+        state = list(task.model.non_trainable_variables)
 
         def forward_backward(batch):
             with tf.GradientTape() as tape:
@@ -196,6 +203,13 @@ class Trainer:
                     per_replica = opt.scale_loss(per_replica)
             grads = tape.gradient(per_replica, task.trainable_variables)
             grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, task.trainable_variables)]
+            if clip_norm is not None:
+                # the optimizer sums the replicas' gradients: clip by the norm of that sum
+                total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+                norm = tf.linalg.global_norm(total)
+                if scaled:
+                    norm = norm / tf.cast(opt.scale_loss(tf.constant(1.0)), norm.dtype)
+                grads = [g * (clip_norm / tf.maximum(norm, clip_norm)) for g in grads]
             return loss, tf.cast(count, tf.float32), grads
 
         def apply(grads):
@@ -205,12 +219,16 @@ class Trainer:
         @tf.function
         def train_step(iterator):
             batch = next(iterator)
+            saved = [tf.identity(v) for v in state]
             loss, count, grads = strategy.run(forward_backward, args=(batch,))
             mean_loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
             total = strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
             finite = tf.math.is_finite(mean_loss)
             if total > 0 and finite:
                 strategy.run(apply, args=(grads,))
+            else:
+                for v, value in zip(state, saved):
+                    v.assign(value)
             return mean_loss, total
 
         return train_step

@@ -32,6 +32,7 @@ from tfsemiseg.io_utils import atomic_write_json, read_json
 from tfsemiseg.models.transfer import load_weights_by_name, save_weights_by_name
 from tfsemiseg.models.unet import build_unet
 from tfsemiseg.training.engine import STAGE_DONE, Trainer, stage_finished, write_stage_done
+from tfsemiseg.training.baselines import LocalSelfTask, MixupTask, TCSMTask
 from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
 
 WEIGHTS = "weights.npz"
@@ -42,7 +43,8 @@ RESULT = "result.json"
 class StagePlan:
     stage: str  # "global" | "local" | "finetune"
     init_from: Optional[str] = None  # previous stage of this plan
-    local_mode: Optional[str] = None  # local stage: stride | block | full
+    local_mode: Optional[str] = None  # local stage: stride | block | full | self
+    variant: Optional[str] = None  # fine-tune stage: None | mixup | tcsm
 
 
 _REQUIRE = {"global": ("encoder",), "local": ("encoder", "decoder")}
@@ -55,6 +57,9 @@ METHODS: dict[str, list[StagePlan]] = {
     "global+local-stride": [StagePlan("global"), StagePlan("local", "global", "stride"), StagePlan("finetune", "local")],
     "global+local-block": [StagePlan("global"), StagePlan("local", "global", "block"), StagePlan("finetune", "local")],
     "global+local-full": [StagePlan("global"), StagePlan("local", "global", "full"), StagePlan("finetune", "local")],
+    "global+local-self": [StagePlan("global"), StagePlan("local", "global", "self"), StagePlan("finetune", "local")],
+    "mixup": [StagePlan("finetune", variant="mixup")],
+    "tcsm": [StagePlan("finetune", variant="tcsm")],
 }
 
 
@@ -81,7 +86,10 @@ def _stage_digest(cfg: Config, plan: StagePlan) -> str:
     d = cfg.to_dict()
     stage_cfg = d["train"][f"{plan.stage}_stage"]
     parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
-             "stage": stage_cfg, "seed": d["train"]["seed"], "plan": [plan.stage, plan.init_from, plan.local_mode]}
+             "stage": stage_cfg, "seed": d["train"]["seed"],
+             "plan": [plan.stage, plan.init_from, plan.local_mode, plan.variant]}
+    if plan.variant or plan.local_mode == "self":
+        parts["baselines"] = d["train"]["baselines"]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -180,18 +188,20 @@ def evaluate_method(
 
 
 def _with_mode(cfg: Config, plan: StagePlan) -> Config:
-    if plan.stage == "local" and plan.local_mode and plan.local_mode != cfg.train.local_stage.mode:
+    if plan.stage == "local" and plan.local_mode not in (None, "self") and plan.local_mode != cfg.train.local_stage.mode:
         return cfg.replace(**{"train.local_stage.mode": plan.local_mode})
     return cfg
 
 
 def _make_task(cfg, plan, arrays: TrainingArrays, data: PreparedData, split, init, num_replicas: int):
     k = len(data.class_names)
+    kw = {"init_from": init, "num_replicas": num_replicas}
     if plan.stage == "global":
-        return GlobalTask(cfg, arrays, k, init_from=init, num_replicas=num_replicas)
+        return GlobalTask(cfg, arrays, k, **kw)
     if plan.stage == "local":
-        return LocalTask(cfg, arrays, k, init_from=init, num_replicas=num_replicas)
-    return FinetuneTask(cfg, arrays, k, evaluation_volumes(data, split, "val"), init_from=init, num_replicas=num_replicas)
+        return (LocalSelfTask if plan.local_mode == "self" else LocalTask)(cfg, arrays, k, **kw)
+    finetune = {None: FinetuneTask, "mixup": MixupTask, "tcsm": TCSMTask}[plan.variant]
+    return finetune(cfg, arrays, k, val_volumes=evaluation_volumes(data, split, "val"), **kw)
 
 
 def prepare_and_run(cfg: Config, data_dir: Path, root: Path, method: str, fraction: float, fold: int, strategy,

@@ -60,4 +60,8 @@ def replica_gather(x: tf.Tensor) -> tf.Tensor:
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return x
-    return ctx.all_gather(x, axis=0)
+    # tf.identity: a tensor made in this replica's device scope. all_gather uses the
+    # input's device as its destination, and under MultiWorkerMirroredStrategy (one
+    # replica per worker) an input made outside `strategy.run` (a batch from the
+    # distributed iterator) has none: "ValueError: destinations can not be empty".
+    return ctx.all_gather(tf.identity(x), axis=0)

@@ -43,9 +43,14 @@ __all__ = [
     "adjust_gamma",
 ]
 
-# "auto_select" is Philox on CPU (where tf.data runs) with the seed scrambled in one C++
-# op; an explicit "philox" builds the same scrambling from ~10 small graph ops (slower).
+# "auto_select" is Philox on CPU (where tf.data runs): the same streams as alg="philox"
+# (checked), but the seed is scrambled by one C++ op instead of ~10 small graph ops.
 _ALG = "auto_select"
+
+# These functions are plain TF-op code whose Python control flow is resolved while
+# tracing; AutoGraph (tf.data.Dataset.map, tf.function) would only re-transpile them,
+# which costs seconds per trace, so it is switched off for them.
+_graph_code = tf.autograph.experimental.do_not_convert
 
 
 # --------------------------------------------------------------------------- seeds
@@ -61,6 +66,7 @@ def as_seed(seed) -> tf.Tensor:
     return seed
 
 
+@_graph_code
 def split_seed(seed, n: int) -> tf.Tensor:
     """``n`` independent seeds derived from ``seed``: a tensor of shape [n, 2].
 
@@ -132,6 +138,7 @@ def _reflect_index(t: int, n: int) -> int:
     return t if t < n else 2 * n - 1 - t
 
 
+@_graph_code
 def filter_matrix(kernel: tf.Tensor, n: int) -> tf.Tensor:
     """[n, n] matrix applying the odd 1D ``kernel`` along an axis of length ``n``.
 
@@ -146,13 +153,16 @@ def filter_matrix(kernel: tf.Tensor, n: int) -> tf.Tensor:
     return tf.reshape(flat, [n, n])
 
 
+@_graph_code
 def separable_filter(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """Filter ``x`` ([H, W] or [C, H, W], static H and W) with ``kernel`` along H and W.
 
     Implemented as ``M_h @ x @ M_w^T`` with :func:`filter_matrix` (symmetric borders):
     on CPU two small matmuls are far cheaper than ``depthwise_conv2d`` at these sizes.
     """
-    height, width = int(x.shape[-2]), int(x.shape[-1])
+    height, width = x.shape[-2], x.shape[-1]
+    if height is None or width is None:
+        raise ValueError(f"Gaussian filtering needs static spatial dimensions, got shape {x.shape}")
     m_h = filter_matrix(kernel, height)
     m_w = m_h if width == height else filter_matrix(kernel, width)
     return tf.matmul(tf.matmul(m_h, x), m_w, transpose_b=True)
@@ -163,6 +173,7 @@ def blur_radius(sigma_max: float) -> int:
     return max(1, int(math.ceil(3.0 * sigma_max)))
 
 
+@_graph_code
 def gaussian_blur(image: tf.Tensor, sigma, radius: int | None = None) -> tf.Tensor:
     """Gaussian blur of an [H, W] (or [H, W, C]) image with explicit ``sigma``.
 
@@ -189,6 +200,7 @@ _BLUR_GATE, _BLUR, _NOISE_GATE, _NOISE = 6, 7, 8, 9
 _NUM_DRAWS = 10
 
 
+@_graph_code
 def random_intensity(image: tf.Tensor, cfg: IntensityAugConfig, seed) -> tf.Tensor:
     """Randomly augment the intensities of one slice; deterministic given ``seed``.
 

@@ -36,6 +36,7 @@ import tensorflow as tf
 from tfsemiseg.config import SpatialAugConfig
 from tfsemiseg.transforms.intensity import (  # noqa: F401  (split_seed re-exported)
     _ALG,
+    _graph_code,
     gaussian_kernel1d,
     separable_filter,
     split_seed,
@@ -92,6 +93,7 @@ def _sample_rc(image: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, method: str) 
     return out if rank == 3 else out[..., 0]
 
 
+@_graph_code
 def sample(image: tf.Tensor, coords: tf.Tensor, method: str = "bilinear") -> tf.Tensor:
     """Sample ``image`` at ``coords`` with zero fill outside the image.
 
@@ -138,6 +140,7 @@ def _grid_rc(matrix: tf.Tensor, offset: tf.Tensor | None, height: int, width: in
     return r, c
 
 
+@_graph_code
 def affine_grid(matrix, height: int, width: int, offset=None) -> tf.Tensor:
     """Sampling coordinates ``centre + matrix @ (p - centre) + offset`` for an output grid.
 
@@ -175,7 +178,7 @@ def _warp_affine(image: tf.Tensor, transform: tf.Tensor, method: str) -> tf.Tens
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=x4,
         transforms=transform[None],
-        output_shape=tf.shape(x)[:2],
+        output_shape=tf.shape(x)[:2] if None in x.shape[:2] else tf.constant(x.shape[:2].as_list(), tf.int32),
         fill_value=tf.constant(0.0),
         interpolation=method.upper(),
         fill_mode="CONSTANT",
@@ -184,6 +187,7 @@ def _warp_affine(image: tf.Tensor, transform: tf.Tensor, method: str) -> tf.Tens
     return tf.cast(out, dtype)
 
 
+@_graph_code
 def apply_affine(image: tf.Tensor, matrix, offset=None, method: str = "bilinear") -> tf.Tensor:
     """Resample ``image`` ([H, W] or [H, W, C]) with the affine map of :func:`affine_grid`.
 
@@ -199,6 +203,7 @@ def apply_affine(image: tf.Tensor, matrix, offset=None, method: str = "bilinear"
     return _warp_affine(image, _projective_transform(matrix, offset, shape[0], shape[1]), method)
 
 
+@_graph_code
 def rotation_matrix(angle) -> tf.Tensor:
     """[2, 2] output->input matrix on ``(row, col)`` for a counter-clockwise rotation.
 
@@ -218,6 +223,7 @@ def _elastic_field(height: int, width: int, alpha: float, sigma: float, seed) ->
     return field * (alpha / tf.maximum(magnitude, 1e-12))
 
 
+@_graph_code
 def elastic_displacement(height: int, width: int, alpha: float, sigma: float, seed) -> tf.Tensor:
     """A smooth random displacement field [height, width, 2] (row, col) in pixels.
 
@@ -237,6 +243,7 @@ _CROP_GATE, _CROP_AREA, _CROP_ASPECT, _CROP_ROW, _CROP_COL, _ELASTIC_GATE = 6, 7
 _NUM_DRAWS = 12
 
 
+@_graph_code
 def random_affine(cfg: SpatialAugConfig, u: tf.Tensor, height: int, width: int):
     """The affine part of :func:`random_spatial` for the U[0, 1) draws ``u`` ([12]).
 
@@ -271,6 +278,7 @@ def random_affine(cfg: SpatialAugConfig, u: tf.Tensor, height: int, width: int):
         crop = gate(cfg.crop_prob, _CROP_GATE)
         area = lerp(*cfg.crop_area_range, _CROP_AREA)
         aspect = tf.exp(lerp(math.log(3.0 / 4.0), math.log(4.0 / 3.0), _CROP_ASPECT))  # w / h
+        # a side longer than the image (area near 1 with aspect != 1) is cut to the image
         frac_h = tf.where(crop, tf.minimum(tf.sqrt(area / aspect), 1.0), one)
         frac_w = tf.where(crop, tf.minimum(tf.sqrt(area * aspect), 1.0), one)
         # the crop centre is uniform over the positions keeping the crop inside the image
@@ -312,6 +320,7 @@ def _flip(x: tf.Tensor, flips: tf.Tensor) -> tf.Tensor:
     return tf.where(flips[1], tf.reverse(x, [1]), x)
 
 
+@_graph_code
 def random_spatial(image: tf.Tensor, label: tf.Tensor | None, cfg: SpatialAugConfig, seed):
     """Apply one random geometric transform to ``image`` (bilinear) and ``label`` (nearest).
 

@@ -1,0 +1,42 @@
+"""`cli.py` with every training step slowed down, so a test can kill it mid-epoch.
+
+    TFSEMISEG_STEP_DELAY=0.1 python throttled_cli.py run --config ... --data ... --method ...
+
+Identical to `python cli.py ...` except that `Trainer` sleeps TFSEMISEG_STEP_DELAY
+seconds (default 0.1) after each training step: a tiny model takes a few milliseconds a
+step, too fast to kill reliably between two checkpoints of one epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import cli  # noqa: E402
+from tfsemiseg.training import engine  # noqa: E402
+
+DELAY = float(os.environ.get("TFSEMISEG_STEP_DELAY", "0.1"))
+_make_train_step = engine.Trainer._make_train_step
+
+
+def _slow_make_train_step(self):
+    step = _make_train_step(self)
+
+    def slow_step(iterator):
+        out = step(iterator)
+        time.sleep(DELAY)
+        return out
+
+    return slow_step
+
+
+engine.Trainer._make_train_step = _slow_make_train_step
+
+if __name__ == "__main__":
+    sys.exit(cli.cli())

@@ -1,0 +1,139 @@
+"""Distributed training gives the single-device result.
+
+* 2 logical CPU devices (MirroredStrategy) against 1: one step of every stage on the
+  same global batch from the same initial weights gives the same loss and weights.
+* MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 train in lockstep and
+  end with identical weights.
+
+Logical devices and TF_CONFIG must be set before TensorFlow initialises, so the
+multi-device runs are subprocesses (tests/scripts/) that print a `RESULT {json}` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import engine_step  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def _result(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, "no RESULT line"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _compare(reference: Path, other: Path, init: Path) -> tuple[list[str], float]:
+    """(names of variables outside tolerance, largest change of a trainable weight by the step)."""
+    a, b, w0 = np.load(reference), np.load(other), np.load(init)
+    assert sorted(a.files) == sorted(b.files)
+    bad = [k for k in a.files if not np.allclose(b[k], a[k], rtol=RTOL, atol=ATOL)]
+    moved = max(float(np.abs(a[k] - w0[k]).max()) for k in a.files if "moving_" not in k)
+    return bad, moved
+
+
+STAGES = ("global", "local-stride", "local-block", "finetune", "finetune+clip")
+
+
+def test_two_devices_match_one_device_for_every_stage(tmp_path) -> None:
+    """One step on the same global batch: same loss, same weights (BatchNorm statistics
+    included), for global, local (stride and block) and fine-tune, and fine-tune with
+    gradient clipping that bites (clip_norm far below the gradient norm)."""
+    init = tmp_path / "init"
+    engine_step.write_init(init)
+    cmd = [sys.executable, str(SCRIPTS / "engine_step.py"), "--devices", "2", "--init", str(init),
+           "--out", str(tmp_path / "two"), "--stages", ",".join(STAGES)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        # the single-device reference, in this process while the child runs
+        one = engine_step.run_stages(tf.distribute.get_strategy(), init, tmp_path / "one", STAGES)
+        stdout, stderr = child.communicate(timeout=400)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, stderr[-4000:]
+    two = _result(stdout)
+    assert two["replicas"] == 2
+    for stage in STAGES:
+        r1, r2 = one[stage], two["stages"][stage]
+        assert r1["iterations"] == r2["iterations"] == 1 and r1["steps"] == r2["steps"] == 1, stage
+        assert np.isclose(r2["loss"], r1["loss"], rtol=1e-5, atol=1e-6), (stage, r1["loss"], r2["loss"])
+        model = engine_step.MODEL_OF[stage.split("-")[0].split("+")[0]]
+        bad, moved = _compare(tmp_path / "one" / f"{stage}_after.npz", tmp_path / "two" / f"{stage}_after.npz",
+                              init / f"{model}_init.npz")
+        assert not bad, f"{stage}: weights differ between 1 and 2 devices: {bad}"
+        assert moved > 100 * ATOL, f"{stage}: the step barely moved the weights ({moved})"
+    # clipping did bite: the clipped step differs from the unclipped one
+    bad, _ = _compare(tmp_path / "one" / "finetune_after.npz", tmp_path / "one" / "finetune+clip_after.npz",
+                      init / "segmenter_init.npz")
+    assert bad
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multi_worker_mirrored_strategy_two_workers_end_with_identical_weights(tmp_path) -> None:
+    ports = ",".join(map(str, _free_ports(2)))
+    steps = 3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "multiworker.py"), "--index", str(i), "--ports", ports,
+             "--out", str(tmp_path), "--steps", str(steps)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=300))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+    results = [_result(out) for out, _ in outputs]
+    for i, r in enumerate(results):
+        assert r["index"] == i and r["replicas"] == 2
+        assert r["steps"] == steps and r["iterations"] == steps
+        assert np.isfinite(r["loss"])
+    assert results[0]["loss"] == results[1]["loss"]
+    w0, w1 = np.load(tmp_path / "worker0.npz"), np.load(tmp_path / "worker1.npz")
+    init = np.load(tmp_path / "worker0_init.npz")
+    assert sorted(w0.files) == sorted(w1.files) and len(w0.files) > 0
+    differ = [k for k in w0.files if not np.array_equal(w0[k], w1[k])]
+    assert not differ, f"the workers' weights differ: {differ}"
+    assert any(not np.allclose(w0[k], init[k]) for k in w0.files if "kernel" in k)
+    # each worker checkpointed in its own folder
+    for i in range(2):
+        assert (tmp_path / f"worker{i}" / "checkpoints" / "checkpoint").is_file()

@@ -1,0 +1,219 @@
+"""The training engine in one process: learning, TensorBoard, non-finite loss, skipped steps.
+
+Every model is a tiny U-Net (depth 2, width 4-8) on 16x16 or 32x32 slices.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import cfg_with, no_aug
+from tfsemiseg.data.prepared import TrainingArrays, prepare_dataset, training_arrays
+from tfsemiseg.evaluation import predict_probabilities
+from tfsemiseg.metrics import PooledDice
+from tfsemiseg.training.engine import Trainer, TrainingError
+from tfsemiseg.training.stages import FinetuneTask, LocalTask
+
+NUM_CLASSES = 3
+
+
+def _tiny(cfg, size: int = 16, width: int = 4):
+    return cfg.replace(**{
+        "data.image_size": size, "model.depth": 2, "model.base_width": width,
+        "model.global_head_dims": [16, 8], "model.local_head_dims": [8, 8],
+    })
+
+
+def _blobs(n: int, size: int, foreground: bool = True, seed: int = 0):
+    """[n, size, size] images and labels with one square per class (or no foreground)."""
+    rng = np.random.default_rng(seed)
+    images = (0.3 + 0.1 * rng.standard_normal((n, size, size))).astype(np.float32)
+    labels = np.zeros((n, size, size), np.uint8)
+    if foreground:
+        for i in range(n):
+            r, c = rng.integers(1, size // 2 - 3, 2)
+            labels[i, r : r + 4, c : c + 4] = 1
+            labels[i, r + size // 2 - 2 : r + size // 2 + 2, c : c + 4] = 2
+        images[labels == 1] += 0.5
+        images[labels == 2] -= 0.2
+    return images, labels
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {v.path: np.array(v.numpy()) for v in model.variables}
+
+
+def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    changed = [k for k in a if not np.array_equal(a[k], b[k])]
+    assert not changed, f"variables changed: {changed}"
+
+
+# --------------------------------------------------------------------------- fit on phantom slices
+
+
+@pytest.fixture(scope="module")
+def finetuned(phantom_dir, tmp_path_factory):
+    """A tiny U-Net fine-tuned (no augmentation) on 16 phantom slices at 32x32, with the
+    validation volumes of the split evaluated every 10 epochs."""
+    tmp = tmp_path_factory.mktemp("finetuned")
+    cfg = _tiny(no_aug(cfg_with(tmp)), size=32, width=8).replace(**{
+        "train.finetune_stage": {"epochs": 30, "batch_size": 8, "learning_rate": 3e-3,
+                                 "validate_every_epochs": 10, "checkpoint_every_steps": 0},
+    })
+    data = prepare_dataset(cfg, phantom_dir, tmp / "run")
+    split = data.split(0)
+    arrays = training_arrays(data, split, 1.0)
+    has_fg = np.flatnonzero(arrays.labeled_labels.reshape(len(arrays.labeled_labels), -1).any(1))
+    pick = has_fg[np.linspace(0, len(has_fg) - 1, 16).astype(int)]
+    images, labels = arrays.labeled_images[pick], arrays.labeled_labels[pick]
+    task = FinetuneTask(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES,
+                        val_volumes=[data.volumes[c] for c in split.val])
+    trainer = Trainer(task, task.stage, tmp / "finetune", tf.distribute.get_strategy(), progress=False)
+    result = trainer.fit()
+    return task, result, images, labels, tmp / "finetune"
+
+
+def test_finetune_reaches_high_dice_on_its_training_slices(finetuned) -> None:
+    task, result, images, labels, _ = finetuned
+    assert result.steps == 30 * 2 and result.epochs == 30
+    assert math.isfinite(result.last_loss) and result.last_loss < result.history[0]["loss"]
+    metric = PooledDice(NUM_CLASSES)
+    metric.update(predict_probabilities(task.model, images).argmax(-1), labels)
+    dice = metric.result()
+    assert dice["mean"] > 0.9, dice
+
+
+def _events(folder: Path) -> dict[str, list]:
+    """tag -> [(step, summary value)] of every event file in `folder`."""
+    out: dict[str, list] = {}
+    files = sorted(folder.glob("events.out.tfevents.*"))
+    assert files, f"no event file in {folder}"
+    for f in files:
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, value))
+    return out
+
+
+def test_tensorboard_holds_training_and_validation_summaries(finetuned) -> None:
+    _, result, _, _, stage_dir = finetuned
+    events = _events(stage_dir / "tb")
+    scalars = ["finetune/loss", "finetune/learning_rate", "finetune/images_per_second",
+               "finetune/val_dice", "finetune/val_dice_class1", "finetune/val_dice_class2"]
+    for tag in scalars + ["finetune/val_overlay"]:
+        assert tag in events, f"{tag} missing; tags: {sorted(events)}"
+    value = lambda v: float(tf.make_ndarray(v.tensor))  # noqa: E731
+    lr = [value(v) for _, v in events["finetune/learning_rate"]]
+    assert np.allclose(lr, 3e-3)
+    assert all(value(v) > 0 for _, v in events["finetune/images_per_second"])
+    # validation at epochs 10, 20, 30 (steps 20, 40, 60), matching the history
+    val = {step: value(v) for step, v in events["finetune/val_dice"]}
+    assert sorted(val) == [20, 40, 60]
+    assert val[60] == pytest.approx(result.history[-1]["val_dice"], abs=1e-6)
+    # the image summary: input | label | prediction, 3 channels (PNG-encoded per image)
+    steps, image = events["finetune/val_overlay"][-1]
+    assert image.metadata.plugin_data.plugin_name == "images"
+    blobs = tf.make_ndarray(image.tensor)  # [width, height, png...]
+    assert int(blobs[0]) == 3 * 32 and int(blobs[1]) == 32 and len(blobs) >= 3
+    decoded = tf.io.decode_png(blobs[2]).numpy()
+    assert decoded.shape == (32, 96, 3)
+
+
+# --------------------------------------------------------------------------- non-finite loss
+
+
+class NanAtStep(FinetuneTask):
+    """A fine-tune task whose loss becomes NaN from its `nan_from`-th call on."""
+
+    nan_from = 3
+
+    def build(self) -> None:
+        super().build()
+        self.calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def loss(self, batch, rng):
+        loss, count = super().loss(batch, rng)
+        n = self.calls.assign_add(1)
+        return tf.where(n >= self.nan_from, tf.constant(float("nan")), loss), count
+
+
+def test_non_finite_loss_stops_with_step_and_stage_and_keeps_last_good_checkpoint(make_cfg, tmp_path) -> None:
+    cfg = _tiny(make_cfg()).replace(**{"train.finetune_stage": {
+        "epochs": 2, "batch_size": 4, "learning_rate": 1e-2, "checkpoint_every_steps": 1}})
+    images, labels = _blobs(8, 16)
+    arrays = TrainingArrays(images, images, labels, [], [])
+    stage_dir = tmp_path / "nan"
+    task = NanAtStep(cfg, arrays, NUM_CLASSES)
+    trainer = Trainer(task, task.stage, stage_dir, tf.distribute.get_strategy(), progress=False)
+    with pytest.raises(TrainingError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "stage finetune" in message and "at step 3" in message and "non-finite loss (nan)" in message
+    assert message.endswith("ckpt-2"), message
+    assert trainer.manager.latest_checkpoint.endswith("ckpt-2")
+    assert int(trainer.step) == 2 and int(trainer.optimizer.iterations.numpy()) == 2
+    # the NaN step changed nothing: the model is still the one of checkpoint 2
+    after_nan = _weights(task.model)
+    assert all(np.isfinite(w).all() for w in after_nan.values())
+    # the same stage restarted resumes from that checkpoint, with those very weights
+    again = FinetuneTask(cfg, arrays, NUM_CLASSES)
+    resumed = Trainer(again, again.stage, stage_dir, tf.distribute.get_strategy(), progress=False)
+    resumed.ckpt.restore(resumed.manager.latest_checkpoint).assert_existing_objects_matched()
+    assert int(resumed.step) == 2
+    _assert_same(_weights(again.model), after_nan)
+
+
+# --------------------------------------------------------------------------- skipped steps
+
+
+def test_local_batch_without_foreground_is_skipped_without_any_change(make_cfg, tmp_path) -> None:
+    cfg = _tiny(make_cfg()).replace(**{"train.local_stage": {
+        "epochs": 1, "batch_size": 2, "learning_rate": 1e-2, "mode": "stride", "stride": 2,
+        "checkpoint_every_steps": 0}})
+    empty_images, empty_labels = _blobs(2, 16, foreground=False)
+    images, labels = _blobs(2, 16, seed=1)
+    arrays = TrainingArrays(images, images, labels, [], [])
+    task = LocalTask(cfg, arrays, NUM_CLASSES)
+    strategy = tf.distribute.get_strategy()
+    trainer = Trainer(task, task.stage, tmp_path / "local", strategy, progress=False)
+
+    def batch(x, y):
+        return (tf.constant(x[..., None]), tf.constant(x[..., None] * 0.9), tf.constant(y.astype(np.int32)))
+
+    # two batches without foreground, then one with
+    ds = tf.data.Dataset.from_tensors(batch(empty_images, empty_labels)).repeat(2)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(batch(images, labels)))
+    iterator = iter(strategy.experimental_distribute_dataset(ds))
+    before = _weights(task.model)
+    for _ in range(2):
+        loss, count = trainer._train_step(iterator)
+        assert float(count) == 0 and float(loss) == 0.0
+        _assert_same(_weights(task.model), before)  # BatchNorm statistics included
+        assert int(trainer.optimizer.iterations.numpy()) == 0
+    loss, count = trainer._train_step(iterator)
+    assert float(count) > 0 and float(loss) > 0
+    assert int(trainer.optimizer.iterations.numpy()) == 1
+    after = _weights(task.model)
+    assert any(not np.array_equal(after[k], before[k]) for k in before if "kernel" in k)
+    assert any(not np.array_equal(after[k], before[k]) for k in before if "moving_mean" in k)
+
+
+def test_fit_counts_skipped_steps_in_the_history(make_cfg, tmp_path) -> None:
+    cfg = _tiny(make_cfg()).replace(**{"train.local_stage": {
+        "epochs": 1, "batch_size": 2, "learning_rate": 1e-2, "mode": "block", "block_size": 8,
+        "checkpoint_every_steps": 0}})
+    images, labels = _blobs(4, 16, foreground=False)
+    task = LocalTask(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES)
+    trainer = Trainer(task, task.stage, tmp_path / "local", tf.distribute.get_strategy(), progress=False)
+    before = _weights(task.model)
+    result = trainer.fit()
+    assert result.steps == 2 and result.history[0]["skipped_steps"] == 2
+    assert math.isnan(result.last_loss) and math.isnan(result.history[0]["loss"])
+    assert int(trainer.optimizer.iterations.numpy()) == 0
+    _assert_same(_weights(task.model), before)
