@@ -31,7 +31,37 @@ def friendly_errors(fn):
     return wrapper
 
 
+def parse_overrides(items: tuple[str, ...]) -> dict:
+    """`--set train.seed=1` -> {"train.seed": 1} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TfSemisegError(f"--set {item!r}: expected KEY=VALUE, e.g. train.finetune_stage.epochs=40")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_with_overrides(config_path: Optional[Path], overrides: tuple[str, ...]) -> Config:
+    from tfsemiseg.config import ConfigError
+
+    cfg = load_config(config_path)
+    changes = parse_overrides(overrides)
+    if not changes:
+        return cfg
+    try:
+        return cfg.replace(**changes)
+    except KeyError as exc:
+        raise ConfigError(f"--set: unknown config key {exc}") from None
+
+
 def config_option(fn):
+    fn = click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="Override a config value (dotted key, YAML value); repeatable.",
+    )(fn)
     return click.option(
         "--config",
         "config_path",
@@ -56,7 +86,7 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder for splits.json (default: OUTPUT_DIR/NAME from the config).")
 @click.option("--fractions", type=float, multiple=True, default=DEFAULT_FRACTIONS, show_default=True, help="Labeled fractions to summarise (repeat the option).")
 @friendly_errors
-def prepare(config_path: Optional[Path], data_dir: Path, out: Optional[Path], fractions: tuple[float, ...]) -> None:
+def prepare(config_path: Optional[Path], overrides: tuple[str, ...], data_dir: Path, out: Optional[Path], fractions: tuple[float, ...]) -> None:
     """Validate every volume, preprocess and cache its slices, write splits.json, print a summary.
 
     Every image/label pair is checked (readable, 3D, matching shapes, finite, non-constant,
@@ -65,7 +95,7 @@ def prepare(config_path: Optional[Path], data_dir: Path, out: Optional[Path], fr
     """
     from tfsemiseg.data.summary import prepare_and_summarise
 
-    cfg = load_config(config_path)
+    cfg = load_with_overrides(config_path, overrides)
     click.echo(prepare_and_summarise(cfg, data_dir, run_root(cfg, out), fractions))
 
 
@@ -91,14 +121,14 @@ def make_phantom(out: Path, num_train: int, num_test: int, seed: int, force: boo
 @config_option
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="Folder to extract TASK into.")
 @friendly_errors
-def download(task: str, config_path: Optional[Path], dest: Path) -> None:
+def download(task: str, config_path: Optional[Path], overrides: tuple[str, ...], dest: Path) -> None:
     """Fetch an MSD task archive (URL and checksum from the config's `downloads`), verify, extract.
 
     Nothing is left half-extracted: the task folder appears only when complete.
     """
     from tfsemiseg.data.download import download_task
 
-    cfg = load_config(config_path)
+    cfg = load_with_overrides(config_path, overrides)
     if task not in cfg.downloads:
         raise TfSemisegError(f"unknown task {task!r}; the config knows: {', '.join(sorted(cfg.downloads))}")
     last = [-1]
@@ -115,6 +145,28 @@ def download(task: str, config_path: Optional[Path], dest: Path) -> None:
 
 # --------------------------------------------------------------------------- training
 
+
+class ManyValues(click.Option):
+    """An option taking every following value up to the next option: --folds 0 1 2 3."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, multiple=True, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        name = self.opts[0]
+        opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+        original = opt.process
+
+        def process(value, state):
+            values = [value]
+            while state.rargs and not state.rargs[0].startswith("--"):
+                values.append(state.rargs.pop(0))
+            for v in values:
+                original(v, state)
+
+        opt.process = process
+
 def run_options(fn):
     """--config --data --fraction --fold --out, shared by the training commands."""
     fn = click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: OUTPUT_DIR/NAME from the config).")(fn)
@@ -124,18 +176,18 @@ def run_options(fn):
     return config_option(fn)
 
 
-def _run(config_path, data_dir, fraction, fold, out, method, until=None):
+def _run(config_path, overrides, data_dir, fraction, fold, out, method, until=None):
     from tfsemiseg.training.methods import prepare_and_run
     from tfsemiseg.training.strategy import make_strategy
 
-    cfg = load_config(config_path)
+    cfg = load_with_overrides(config_path, overrides)
     strategy = make_strategy(cfg.train.devices)
     return prepare_and_run(cfg, data_dir, run_root(cfg, out), method, fraction, fold, strategy, click.echo, until)
 
 
 METHOD_HELP = (
-    "random, global, local-stride, local-block, global+local-stride, global+local-block, "
-    "global+local-full (the paper's spelling, e.g. 'global+local(block)', works too)."
+    "random, global, global+local-self, mixup, tcsm, local-stride, local-block, global+local-stride, "
+    "global+local-block, global+local-full (the paper's spelling, e.g. 'global+local(block)', works too)."
 )
 
 
@@ -143,20 +195,20 @@ METHOD_HELP = (
 @run_options
 @click.option("--method", required=True, help=METHOD_HELP)
 @friendly_errors
-def run(config_path, data_dir, fraction, fold, out, method) -> None:
+def run(config_path, overrides, data_dir, fraction, fold, out, method) -> None:
     """Run every stage of one method (skipping finished stages), then evaluate on the test split.
 
     Stopped at any point, the same command resumes from the last checkpoint.
     """
-    _run(config_path, data_dir, fraction, fold, out, method)
+    _run(config_path, overrides, data_dir, fraction, fold, out, method)
 
 
 @cli.command("pretrain-global")
 @run_options
 @friendly_errors
-def pretrain_global(config_path, data_dir, fraction, fold, out) -> None:
+def pretrain_global(config_path, overrides, data_dir, fraction, fold, out) -> None:
     """Stage 1: SimCLR on the encoder + h1 over every train slice (labels unused)."""
-    _run(config_path, data_dir, fraction, fold, out, "global", until="global")
+    _run(config_path, overrides, data_dir, fraction, fold, out, "global", until="global")
 
 
 @cli.command("pretrain-local")
@@ -165,19 +217,19 @@ def pretrain_global(config_path, data_dir, fraction, fold, out) -> None:
 @click.option("--init", "init", type=click.Choice(["global", "random"]), default="global", show_default=True,
               help="Start from the global stage (runs it if needed) or from random weights.")
 @friendly_errors
-def pretrain_local(config_path, data_dir, fraction, fold, out, mode, init) -> None:
+def pretrain_local(config_path, overrides, data_dir, fraction, fold, out, mode, init) -> None:
     """Stage 2: supervised local contrast on the labeled slices (encoder + decoder + h2)."""
     method = f"global+local-{mode}" if init == "global" else f"local-{mode}"
-    _run(config_path, data_dir, fraction, fold, out, method, until="local")
+    _run(config_path, overrides, data_dir, fraction, fold, out, method, until="local")
 
 
 @cli.command()
 @run_options
 @click.option("--method", default="global+local-block", show_default=True, help="Whose pre-trained weights to fine-tune: " + METHOD_HELP)
 @friendly_errors
-def finetune(config_path, data_dir, fraction, fold, out, method) -> None:
+def finetune(config_path, overrides, data_dir, fraction, fold, out, method) -> None:
     """Stage 3: fine-tune the U-Net on the labeled slices (runs missing earlier stages), then evaluate."""
-    _run(config_path, data_dir, fraction, fold, out, method, until="finetune")
+    _run(config_path, overrides, data_dir, fraction, fold, out, method, until="finetune")
 
 
 @cli.command()
@@ -185,14 +237,47 @@ def finetune(config_path, data_dir, fraction, fold, out, method) -> None:
 @click.option("--method", required=True, help=METHOD_HELP)
 @click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @friendly_errors
-def evaluate(config_path, data_dir, fraction, fold, out, method, part) -> None:
+def evaluate(config_path, overrides, data_dir, fraction, fold, out, method, part) -> None:
     """Evaluate a finished method: pooled Dice (paper), per-volume Dice and HD95; writes a JSON report."""
     from tfsemiseg.data.prepared import prepare_dataset
     from tfsemiseg.training.methods import evaluate_method
 
-    cfg = load_config(config_path)
+    cfg = load_with_overrides(config_path, overrides)
     root = run_root(cfg, out)
     evaluate_method(cfg, prepare_dataset(cfg, data_dir, root), root, method, fraction, fold, click.echo, part)
+
+
+@cli.command()
+@config_option
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: OUTPUT_DIR/NAME).")
+@click.option("--methods", cls=ManyValues, required=True, help="Methods (space-separated): " + METHOD_HELP)
+@click.option("--fractions", cls=ManyValues, type=float, required=True, help="Labeled fractions, e.g. 0.05 0.1 0.2.")
+@click.option("--folds", cls=ManyValues, type=int, required=True, help="Folds, e.g. 0 1 2 3.")
+@friendly_errors
+def experiment(config_path, overrides, data_dir, out, methods, fractions, folds) -> None:
+    """Run a grid of (fold, method, fraction) cells; finished cells and stages are skipped.
+
+    Each cell writes its result.json (config, split hash, seeds, timings, every metric).
+    """
+    from tfsemiseg.training.methods import run_grid
+    from tfsemiseg.training.strategy import make_strategy
+
+    cfg = load_with_overrides(config_path, overrides)
+    run_grid(cfg, data_dir, run_root(cfg, out), list(methods), list(fractions), list(folds),
+             make_strategy(cfg.train.devices), click.echo)
+
+
+@cli.command()
+@click.argument("results_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write (default: RESULTS_DIR).")
+@friendly_errors
+def report(results_dir: Path, out: Optional[Path]) -> None:
+    """Table 1-style Markdown (mean ± std over folds, paper numbers beside), CSV, and a Dice plot."""
+    from tfsemiseg.reporting import write_report
+
+    for kind, path in write_report(results_dir, out).items():
+        click.echo(f"{kind}: {path}")
 
 
 @cli.command()

@@ -190,7 +190,7 @@ def test_supervised_gradient_matches_dense(kw):
 
 @pytest.mark.parametrize("mode", ["full", "block"])
 def test_chunkings_agree_several_classes(mode):
-    # Automatic blocks vs many small key chunks per pool (ragged last chunk).
+    # Automatic blocks vs many small blocks per pool (ragged last block).
     features, labels = make_inputs(seed=3, b=2, h=20, w=20, c=16, fg=0.5, classes=5)
     kw = dict(mode=mode, block_size=8)
     auto, n_auto, g_auto = lib_loss_and_grad(features, labels, **kw)
@@ -204,7 +204,7 @@ def test_chunkings_agree_several_classes(mode):
 
 def test_full_in_tf_function_multiple_ragged_chunks():
     features, labels = make_inputs(seed=4, h=10, w=10, fg=0.3)
-    chunk = 23  # keys per chunk: 400 points -> 17 full chunks + a ragged one
+    chunk = 23  # anchors per block: several full blocks + a ragged last one
 
     @tf.function
     def step(f, y):
@@ -214,12 +214,11 @@ def test_full_in_tf_function_multiple_ragged_chunks():
         return loss, count, tape.gradient(loss, f)
 
     f = tf.constant(features)
-    num_points = labels.size
-    assert num_points > 3 * chunk and num_points % chunk != 0
     loss, count, grad = step(f, tf.constant(labels))
     n = int(count)
+    assert n > 3 * chunk and n % chunk != 0, n
     ref, ref_count = np_supervised(features, labels, "full")
-    assert n == ref_count > chunk
+    assert n == ref_count
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
     f64 = tf.constant(features.astype(np.float64))
     with tf.GradientTape() as tape:

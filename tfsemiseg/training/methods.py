@@ -208,3 +208,25 @@ def prepare_and_run(cfg: Config, data_dir: Path, root: Path, method: str, fracti
                     echo: Callable[[str], None] = print, until: Optional[str] = None) -> Optional[dict[str, Any]]:
     data = prepare_dataset(cfg, data_dir, root)
     return run_method(cfg, data, root, method, fraction, fold, strategy, echo, until)
+
+
+def run_grid(cfg: Config, data_dir: Path, root: Path, methods: list[str], fractions: list[float], folds: list[int],
+             strategy, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every (fold, method, fraction) cell, in that order, resumable at cell and stage level.
+
+    Methods that start from the global stage share one global pre-training per fold.
+    """
+    data = prepare_dataset(cfg, data_dir, root)
+    methods = [canonical_method(m) for m in methods]
+    results = []
+    for fold in folds:
+        for method in methods:
+            for fraction in fractions:
+                done = method_dir(root, method, fraction, fold) / RESULT
+                if done.is_file():
+                    echo(f"== fold {fold}, {method}, {100 * fraction:g}%: done ({done})")
+                    results.append(read_json(done))
+                    continue
+                echo(f"== fold {fold}, {method}, {100 * fraction:g}%")
+                results.append(run_method(cfg, data, root, method, fraction, fold, strategy, echo))
+    return results

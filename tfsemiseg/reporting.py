@@ -1,0 +1,152 @@
+"""The experiment grid's report: a Markdown table laid out like the paper's Table 1, a CSV
+of every cell, and a plot of Dice against labeled fraction per method."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from tfsemiseg.errors import TfSemisegError
+from tfsemiseg.io_utils import atomic_path, atomic_write_text
+
+# Hu et al. 2021, Table 1: pooled Dice on Hippocampus, mean of 4 folds.
+PAPER_HIPPOCAMPUS: dict[str, dict[float, float]] = {
+    "random": {0.05: 0.788, 0.1: 0.833, 0.2: 0.852},
+    "global": {0.05: 0.817, 0.1: 0.834, 0.2: 0.861},
+    "global+local-self": {0.05: 0.808, 0.1: 0.843, 0.2: 0.858},
+    "mixup": {0.05: 0.818, 0.1: 0.847, 0.2: 0.861},
+    "tcsm": {0.05: 0.796, 0.1: 0.838, 0.2: 0.855},
+    "local-stride": {0.05: 0.818, 0.1: 0.845, 0.2: 0.860},
+    "local-block": {0.05: 0.817, 0.1: 0.843, 0.2: 0.862},
+    "global+local-stride": {0.05: 0.822, 0.1: 0.851, 0.2: 0.863},
+    "global+local-block": {0.05: 0.824, 0.1: 0.849, 0.2: 0.866},
+}
+METHOD_ORDER = list(PAPER_HIPPOCAMPUS) + ["global+local-full"]
+
+
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    """Every test-set result.json under `results_dir`."""
+    paths = sorted(Path(results_dir).glob("**/result.json"))
+    if not paths:
+        raise TfSemisegError(f"{results_dir}: no result.json found (run `experiment` or `run` first)")
+    results = []
+    for p in paths:
+        try:
+            results.append(json.loads(p.read_text()))
+        except json.JSONDecodeError as exc:
+            raise TfSemisegError(f"{p}: not valid JSON ({exc.msg})") from None
+    return results
+
+
+def _cell_values(result: dict[str, Any]) -> dict[str, Optional[float]]:
+    m = result["metrics"]
+    return {
+        "pooled_dice": m["pooled_dice"]["mean"],
+        "volume_dice": m["volume_dice"]["mean_over_classes"],
+        "hd95_mm": m["hd95_mm"]["mean_over_classes"],
+    }
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
+    """(method, fraction) -> mean, std and folds of each metric over folds."""
+    cells: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        cells[(r["method"], float(r["fraction"]))].append(r)
+    out = {}
+    for key, rs in cells.items():
+        stats: dict[str, Any] = {"folds": sorted(r["fold"] for r in rs)}
+        for metric in ("pooled_dice", "volume_dice", "hd95_mm"):
+            vals = np.array([v for r in rs if (v := _cell_values(r)[metric]) is not None], float)
+            stats[metric] = (float(vals.mean()), float(vals.std()) if len(vals) > 1 else float("nan")) if len(vals) else None
+        out[key] = stats
+    return out
+
+
+def _fmt(stat: Optional[tuple[float, float]], digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    mean, std = stat
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def markdown_table(agg: dict[tuple[str, float], dict[str, Any]], paper: Optional[dict] = None) -> str:
+    fractions = sorted({f for _, f in agg})
+    methods = [m for m in METHOD_ORDER if any(k[0] == m for k in agg)] + sorted(
+        {m for m, _ in agg} - set(METHOD_ORDER))
+    head = "| method | " + " | ".join(f"{100 * f:g}%: pooled Dice (paper) | per-volume Dice" for f in fractions) + " | folds |"
+    lines = [head, "|---|" + "---|---|" * len(fractions) + "---|"]
+    for m in methods:
+        cells, folds = [], set()
+        for f in fractions:
+            s = agg.get((m, f))
+            ref = (paper or {}).get(m, {}).get(f)
+            ref_txt = f" ({ref:.3f})" if ref is not None else ""
+            cells.append((_fmt(s["pooled_dice"]) if s else "-") + ref_txt)
+            cells.append(_fmt(s["volume_dice"]) if s else "-")
+            if s:
+                folds.update(s["folds"])
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {','.join(map(str, sorted(folds)))} |")
+    return "\n".join(lines)
+
+
+def results_csv(results: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "fraction", "fold", "labeled_volumes", "pooled_dice", "volume_dice", "hd95_mm", "split_digest"])
+    for r in sorted(results, key=lambda r: (r["method"], r["fraction"], r["fold"])):
+        v = _cell_values(r)
+        w.writerow([r["method"], r["fraction"], r["fold"], r["num_labeled_volumes"],
+                    *("" if v[k] is None else f"{v[k]:.5f}" for k in ("pooled_dice", "volume_dice", "hd95_mm")),
+                    r["split_digest"]])
+    return buf.getvalue()
+
+
+def plot(agg: dict[tuple[str, float], dict[str, Any]], path: Path, paper: Optional[dict] = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = [m for m in METHOD_ORDER if any(k[0] == m for k in agg)]
+    for i, m in enumerate(methods):
+        colour = plt.cm.tab10(i % 10)
+        fs = sorted(f for mm, f in agg if mm == m and agg[(mm, f)]["pooled_dice"])
+        means = [agg[(m, f)]["pooled_dice"][0] for f in fs]
+        stds = [np.nan_to_num(agg[(m, f)]["pooled_dice"][1]) for f in fs]
+        ax.errorbar([100 * f for f in fs], means, yerr=stds, marker="o", color=colour, label=m, capsize=3)
+        if paper and m in paper:
+            pf = sorted(paper[m])
+            ax.plot([100 * f for f in pf], [paper[m][f] for f in pf], ls="--", color=colour, alpha=0.5)
+    ax.set_xlabel("labeled train volumes (%)")
+    ax.set_ylabel("pooled test Dice")
+    ax.set_title("Dice against labeled fraction (dashed: paper)" if paper else "Dice against labeled fraction")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(results_dir: Path, out_dir: Optional[Path] = None) -> dict[str, Path]:
+    """report.md, results.csv and dice_vs_fraction.png in `out_dir` (default: results_dir)."""
+    results = load_results(results_dir)
+    out_dir = Path(out_dir or results_dir)
+    paper = PAPER_HIPPOCAMPUS if all(r.get("dataset", "").lower() == "hippocampus" for r in results) else None
+    agg = aggregate(results)
+    md = ["# Results", "", f"{len(results)} result files under `{results_dir}`. Cells: mean ± std over folds "
+          "of the test-set pooled Dice (the paper's metric; the paper's number in brackets) and of the mean "
+          "per-volume Dice at native resolution.", "", markdown_table(agg, paper), ""]
+    paths = {"markdown": out_dir / "report.md", "csv": out_dir / "results.csv", "plot": out_dir / "dice_vs_fraction.png"}
+    atomic_write_text(paths["markdown"], "\n".join(md))
+    atomic_write_text(paths["csv"], results_csv(results))
+    plot(agg, paths["plot"], paper)
+    return paths
