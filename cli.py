@@ -281,6 +281,25 @@ def report(results_dir: Path, out: Optional[Path]) -> None:
 
 
 @cli.command()
+@run_options
+@click.option("--methods", cls=ManyValues, required=True, help="Methods to show side by side.")
+@click.option("--to", "dest", type=click.Path(path_type=Path), default=None, help="Output folder (default: the run folder).")
+@friendly_errors
+def figures(config_path, overrides, data_dir, fraction, fold, out, methods, dest) -> None:
+    """Segmentation overlays (paper Fig. 3) and t-SNE of decoder features (Fig. 4) as PNGs."""
+    from tfsemiseg.data.prepared import prepare_dataset
+    from tfsemiseg.figures import overlay_figure, tsne_figure
+
+    cfg = load_with_overrides(config_path, overrides)
+    root = run_root(cfg, out)
+    data = prepare_dataset(cfg, data_dir, root)
+    dest = dest or root
+    tag = f"fold{fold}_frac{fraction:g}"
+    click.echo(overlay_figure(cfg, data, root, methods, fraction, fold, dest / f"overlays_{tag}.png"))
+    click.echo(tsne_figure(cfg, data, root, methods, fraction, fold, dest / f"tsne_{tag}.png"))
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="Destination folder, e.g. saved_models/NAME.")
 @click.option("--force", is_flag=True, help="Replace DEST if it exists.")

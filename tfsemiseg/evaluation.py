@@ -133,17 +133,18 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(rows) + f"\n({report['num_volumes']} volumes)"
 
 
-def overlay_images(image: np.ndarray, label: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """[n, H, 3W, 3] RGB in [0, 1]: input | ground truth overlay | prediction overlay."""
+def colour_overlay(image: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """[..., H, W, 3] RGB in [0, 1]: the grey image with classes 1..K-1 tinted by colour."""
     gray = np.repeat(np.clip(image, 0, 1)[..., None], 3, -1)
     palette = _PALETTE[np.arange(num_classes) % len(_PALETTE)]
+    alpha = 0.5 * (label > 0)[..., None]
+    return (gray * (1 - alpha) + palette[label] * alpha).astype(np.float32)
 
-    def overlay(lab: np.ndarray) -> np.ndarray:
-        colour = palette[lab]
-        alpha = 0.5 * (lab > 0)[..., None]
-        return gray * (1 - alpha) + colour * alpha
 
-    return np.concatenate([gray, overlay(label), overlay(pred)], axis=2).astype(np.float32)
+def overlay_images(image: np.ndarray, label: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """[n, H, 3W, 3] RGB in [0, 1]: input | ground truth overlay | prediction overlay."""
+    gray = np.repeat(np.clip(image, 0, 1)[..., None], 3, -1).astype(np.float32)
+    return np.concatenate([gray, colour_overlay(image, label, num_classes), colour_overlay(image, pred, num_classes)], 2)
 
 
 def _fmt(v: Any, fmt: str) -> str:
