@@ -240,7 +240,7 @@ def test_full_in_tf_function_multiple_ragged_chunks():
 
 @pytest.mark.parametrize("temperature", [0.02, 0.5])
 def test_full_other_temperatures(temperature):
-    # t = 0.02 takes the running-maximum path (2/t >= 80), t = 0.5 the fixed shift.
+    # t = 0.02 takes the row-maximum path (1/t > 40), t = 0.5 the unshifted one.
     features, labels = make_inputs(seed=14, b=2, h=10, w=10, fg=0.4)
     loss, _, grad = lib_loss_and_grad(features, labels, mode="full", temperature=temperature, chunk_size=17)
     ref, _ = np_supervised(features, labels, "full", t=temperature)
@@ -252,31 +252,29 @@ def test_full_other_temperatures(temperature):
     np.testing.assert_allclose(grad.numpy(), tape.gradient(dense, f64).numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("max_logit", [None, 2.0])
+@pytest.mark.parametrize("logit_bound", [None, 2.0])
 @pytest.mark.parametrize("chunk_size", [None, 2])
-def test_pooled_weighted_lse_sum_against_dense(max_logit, chunk_size):
-    # Two pools (keys 0..9 and 10..22), unsorted self indices, a pool without
-    # queries in the middle, arbitrary weights and upstream gradient.
+def test_pooled_weighted_lse_sum_against_dense(logit_bound, chunk_size):
+    # Three pools (keys 0..9, none, 10..26), queries = rows of the keys (not
+    # all of them, unsorted inside a pool), arbitrary weights and upstream.
     rng = np.random.default_rng(15)
-    q = tf.constant(rng.normal(size=(7, 3)) / 2, tf.float32)
-    k = tf.constant(rng.normal(size=(27, 3)) / 2, tf.float32)
-    self_index = tf.constant([4, 1, 7, 20, 12, 15, 11], tf.int32)
+    x = tf.constant(rng.normal(size=(27, 3)) / 2, tf.float32)
+    query_index = tf.constant([4, 1, 7, 20, 12, 15, 11], tf.int32)
     q_off, k_off = tf.constant([0, 3, 3, 7]), tf.constant([0, 10, 10, 27])
     w = tf.constant(rng.uniform(0.1, 1.0, size=7), tf.float32)
     dy = 1.7
     pool_of_key = np.repeat([0, 1, 2], [10, 0, 17])
     pool_of_q = np.repeat([0, 1, 2], [3, 0, 4])
-    mask = (pool_of_q[:, None] == pool_of_key[None, :]) & (np.arange(27)[None, :] != self_index.numpy()[:, None])
+    mask = (pool_of_q[:, None] == pool_of_key[None, :]) & (np.arange(27)[None, :] != query_index.numpy()[:, None])
     with tf.GradientTape(persistent=True) as tape:
-        tape.watch([q, k])
+        tape.watch(x)
         out = dy * pooled_weighted_lse_sum(
-            q, k, self_index, w, q_off, k_off, 0.5, chunk_size=chunk_size, max_logit=max_logit
+            x, query_index, w, q_off, k_off, 0.5, chunk_size=chunk_size, logit_bound=logit_bound
         )
-        logits = tf.matmul(q, k, transpose_b=True) / 0.5
+        logits = tf.matmul(tf.gather(x, query_index), x, transpose_b=True) / 0.5
         ref = dy * tf.reduce_sum(w * tf.reduce_logsumexp(tf.where(mask, logits, -np.inf), axis=1))
     np.testing.assert_allclose(float(out), float(ref), rtol=1e-6)
-    for g, g_ref in zip(tape.gradient(out, [q, k]), tape.gradient(ref, [q, k])):
-        np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(out, x).numpy(), tape.gradient(ref, x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))

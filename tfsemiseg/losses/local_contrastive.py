@@ -61,11 +61,30 @@ _NEG = -1.0e9
 _MODES = ("stride", "block", "full")
 
 
+@tf.custom_gradient
+def _unit_vectors(x: tf.Tensor):
+    """L2 normalisation over the last axis with a lean gradient.
+
+    Same values and gradient as ``tf.math.l2_normalize(x, -1)`` (epsilon
+    1e-12 on the squared norm), in fewer full-size passes.
+    """
+    sq = tf.einsum("...c,...c->...", x, x)[..., None]
+    r = tf.math.rsqrt(tf.maximum(sq, 1e-12))
+    y = x * r
+
+    def grad(dy: tf.Tensor) -> tf.Tensor:
+        # d/dx [x r(x)] = r (dy - y <dy, y>) where the norm is not clamped.
+        s = tf.where(sq > 1e-12, tf.einsum("...c,...c->...", dy, y)[..., None], 0.0)
+        return (dy - y * s) * r
+
+    return y, grad
+
+
 def _normalize(features: tf.Tensor) -> tf.Tensor:
     features = tf.convert_to_tensor(features)
     if features.dtype != tf.float32:
         features = tf.cast(features, tf.float32)
-    return tf.math.l2_normalize(features, axis=-1)
+    return _unit_vectors(features)
 
 
 # --------------------------------------------------------------------------
@@ -74,75 +93,75 @@ def _normalize(features: tf.Tensor) -> tf.Tensor:
 
 
 def pooled_weighted_lse_sum(
-    queries: tf.Tensor,
     keys: tf.Tensor,
-    self_index: tf.Tensor,
+    query_index: tf.Tensor,
     weights: tf.Tensor,
     q_offsets: tf.Tensor,
     k_offsets: tf.Tensor,
     temperature: float,
     chunk_size: int | None = None,
-    max_logit: float | None = None,
+    logit_bound: float | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> tf.Tensor:
-    """``sum_i w_i * log sum_{k in pool(i), k != self_index[i]} exp(q_i . k_k / t)``.
+    """``sum_i w_i log sum_{k in pool(i), k != j_i} exp(x_{j_i} . x_k / t)``.
 
-    Queries and keys are sorted by pool: pool ``p`` owns
-    ``queries[q_offsets[p]:q_offsets[p+1]]`` and
-    ``keys[k_offsets[p]:k_offsets[p+1]]``. Exact, without ever holding more
-    than one [chunk, keys of the pool] block of similarities: a
-    ``tf.while_loop`` over pools and, inside, over chunks of the pool's
-    queries computes each block once. Because the output is a fixed weighted
-    sum, the block's gradient contribution is accumulated in the same pass
-    (with ``p_ik`` the masked softmax of row ``i``)::
+    The queries are rows of the keys: query ``i`` is ``x[j_i]`` with
+    ``j = query_index``, and its own row is excluded from its sum. Keys and
+    queries are sorted by pool: pool ``p`` owns the keys
+    ``x[k_offsets[p]:k_offsets[p+1]]`` and the queries
+    ``query_index[q_offsets[p]:q_offsets[p+1]]`` (which must point into the
+    pool's keys).
 
-        dq_i = (w_i / t) sum_k p_ik k_k        dk_k = sum_i (w_i / t) p_ik q_i
+    Exact, without ever holding more than one [chunk of a pool's queries,
+    keys of the pool] block of similarities: a ``tf.while_loop`` over pools
+    and, inside, over chunks of the pool's queries computes each block once.
+    Because the output is a fixed weighted sum, the block's gradient
+    contribution is accumulated in the same pass (``p_ik`` the masked
+    softmax of row ``i``; the query part is added at row ``j_i``)::
 
-    and the backward pass only scales these [M, C] / [N, C] buffers by the
-    incoming gradient: no similarity is stored or recomputed, and a block
-    costs three matmuls and one ``exp`` pass. (Evaluating the value alone
-    costs the same.) Works in eager mode and in ``tf.function`` with dynamic
-    sizes, including no query at all.
+        dx_{j_i} += (w_i / t) sum_k p_ik x_k      dx_k += sum_i (w_i / t) p_ik x_{j_i}
+
+    and the backward pass only scales this [N, C] buffer by the incoming
+    gradient: no similarity is stored or recomputed, and a block costs three
+    matmuls and one ``exp`` pass. (Evaluating the value alone costs the
+    same.) Works in eager mode and in ``tf.function`` with dynamic sizes,
+    including no query at all.
 
     Args:
-      queries: [M, C] float32. keys: [N, C] float32.
-      self_index: [M] int32, absolute index in ``keys`` of the key excluded
-        from query i's sum (the query itself).
+      keys: [N, C] float32 ``x``.
+      query_index: [M] int32 ``j``, sorted by pool.
       weights: [M] float32 ``w_i`` (treated as constants: no gradient).
       q_offsets, k_offsets: [T+1] int32 pool boundaries (0 first, M / N last).
       temperature: ``t``.
       chunk_size: queries per block; ``None``: per pool,
         ``clip(chunk_elements // keys_in_pool, MIN_CHUNK_ROWS, queries)``.
-      max_logit: an upper bound of every logit (``1/t`` for unit vectors),
-        used as a fixed shift folded into the matmul; ``None`` subtracts each
-        row's maximum. With a bound, ``exp(logit - max_logit)`` must not
-        underflow for all terms of a row (for unit vectors: ``2/t < 80``).
+      logit_bound: a bound of every ``|logit|`` (``1/t`` for unit vectors).
+        If it is at most 40 the exponentials are taken without any shift
+        (no overflow or underflow is possible); otherwise, or with ``None``,
+        each row's maximum is subtracted first (one more pass per block).
 
     Returns:
       Scalar float32.
     """
     inv_t = 1.0 / temperature
-    self_index = tf.cast(self_index, tf.int32)
+    query_index = tf.cast(query_index, tf.int32)
     weights = tf.stop_gradient(tf.cast(weights, tf.float32))
     q_offsets = tf.cast(q_offsets, tf.int32)
     k_offsets = tf.cast(k_offsets, tf.int32)
     num_pools = tf.size(q_offsets) - 1
     channels = keys.shape[-1] if keys.shape[-1] is not None else tf.shape(keys)[-1]
-    fixed = max_logit is not None
+    # |logit| <= 40: exp(logit) in [4e-18, 2e17], so rows of up to 1e20 terms
+    # are summed in float32 without any shift.
+    no_shift = logit_bound is not None and logit_bound <= 40.0
 
     @tf.custom_gradient
-    def _fused(q: tf.Tensor, k: tf.Tensor):
-        # stop_gradient: nothing of the loops is recorded on a tape.
-        q_sg = tf.stop_gradient(q)
-        k_sg = tf.stop_gradient(k)
-        q_in = q_sg * inv_t  # [M, C]
-        k_t = tf.transpose(k_sg)  # [C, N]
-        if fixed:  # extra channel: keys 1, queries -shift => logits - shift
-            q_in = tf.concat([q_in, tf.fill([tf.shape(q_sg)[0], 1], tf.constant(-max_logit, tf.float32))], 1)
-            k_t = tf.concat([k_t, tf.ones([1, tf.shape(k_sg)[0]], tf.float32)], 0)
-        q_w = q_sg * (weights * inv_t)[:, None]  # [M, C]: w_i q_i / t
+    def _fused(k: tf.Tensor):
+        k_sg = tf.stop_gradient(k)  # nothing of the loops is recorded on a tape
+        q_sg = tf.gather(k_sg, query_index)  # [M, C]
+        q_in = q_sg * inv_t
+        q_w = q_sg * (weights * inv_t)[:, None]  # w_i q_i / t
 
-        def pool_body(p, total, item, dq_out, dk_out):
+        def pool_body(p, total, dk_out):
             qs, qe = q_offsets[p], q_offsets[p + 1]
             ks, ke = k_offsets[p], k_offsets[p + 1]
             if chunk_size is None:
@@ -151,58 +170,57 @@ def pooled_weighted_lse_sum(
                 )
             else:
                 rows = max(int(chunk_size), 1)
-            k_t_p = k_t[:, ks:ke]  # [C(+1), n_p]
             k_p = k_sg[ks:ke]  # [n_p, C]
 
-            def chunk_body(a, total, item, dq_out, dk_p):
+            def chunk_body(a, total, dk_p):
                 b = tf.minimum(a + rows, qe)
-                logits = tf.matmul(q_in[a:b], k_t_p)  # [r, n_p] (minus the shift if fixed)
-                self_c = self_index[a:b] - ks
+                self_c = query_index[a:b] - ks  # own column in the pool
                 self_pos = tf.stack([tf.range(b - a), self_c], axis=1)
-                if fixed:
+                logits = tf.matmul(q_in[a:b], k_p, transpose_b=True)  # [r, n_p]
+                if no_shift:
                     e = tf.exp(logits)
-                    shift = max_logit
+                    shift = 0.0
                 else:
                     logits = tf.tensor_scatter_nd_update(logits, self_pos, tf.fill([b - a], _NEG))
                     shift = tf.reduce_max(logits, axis=1, keepdims=True)
                     e = tf.exp(logits - shift)
                     shift = shift[:, 0]
                 e = tf.tensor_scatter_nd_update(e, self_pos, tf.zeros([b - a], tf.float32))
-                row_sum = tf.reduce_sum(e, axis=1)  # [r] > 0 for anchors
-                lse = tf.math.log(row_sum) + shift
+                row_sum = tf.reduce_sum(e, axis=1)  # [r], > 0 for anchors
+                total = total + tf.reduce_sum(weights[a:b] * (tf.math.log(row_sum) + shift))
                 inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
-                dq_c = tf.matmul(e, k_p) * (inv_sum * weights[a:b, None] * inv_t)  # [r, C]
-                dk_p = dk_p + tf.matmul(e, q_w[a:b] * inv_sum, transpose_a=True)  # [n_p, C]
-                total = total + tf.reduce_sum(weights[a:b] * lse)
-                return b, total, item + 1, dq_out.write(item, dq_c), dk_p
+                dk_p = dk_p + tf.matmul(e, q_w[a:b] * inv_sum, transpose_a=True)  # key side
+                dq = tf.matmul(e, k_p) * (inv_sum * weights[a:b, None] * inv_t)  # query side
+                return b, total, tf.tensor_scatter_nd_add(dk_p, self_c[:, None], dq)
 
-            _, total, item, dq_out, dk_p = tf.while_loop(
+            _, total, dk_p = tf.while_loop(
                 lambda a, *_: a < qe,
                 chunk_body,
-                (qs, total, item, dq_out, tf.zeros(tf.stack([ke - ks, channels]), tf.float32)),
+                (qs, total, tf.zeros(tf.stack([ke - ks, channels]), tf.float32)),
                 parallel_iterations=1,
             )
-            return p + 1, total, item, dq_out, dk_out.write(p, dk_p)
+            return p + 1, total, dk_out.write(p, dk_p)
 
-        elem = tf.TensorShape([None]).concatenate(keys.shape[1:])
-        dq_out = tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=elem, infer_shape=False)
-        dk_out = tf.TensorArray(tf.float32, size=num_pools, element_shape=elem, infer_shape=False)
-        _, total, item, dq_out, dk_out = tf.while_loop(
+        dk_out = tf.TensorArray(
+            tf.float32,
+            size=num_pools,
+            element_shape=tf.TensorShape([None]).concatenate(keys.shape[1:]),
+            infer_shape=False,
+        )
+        _, total, dk_out = tf.while_loop(
             lambda p, *_: p < num_pools,
             pool_body,
-            (tf.constant(0), tf.constant(0.0), tf.constant(0), dq_out, dk_out),
+            (tf.constant(0), tf.constant(0.0), dk_out),
             parallel_iterations=1,
         )
-        # A trailing empty block: concat of an empty TensorArray fails.
-        dq = dq_out.write(item, tf.zeros(tf.stack([0, channels]), tf.float32)).concat()
-        dk = dk_out.concat()
+        dk = dk_out.concat()  # pools in key order: [N, C]
 
-        def grad(dy: tf.Tensor):
-            return dq * dy, dk * dy
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            return dk * dy
 
         return total, grad
 
-    return _fused(queries, keys)
+    return _fused(keys)
 
 
 def _tile_points(
@@ -287,9 +305,10 @@ def _pooled_loss(
     w = tf.math.divide_no_nan(1.0, tf.gather(tf.cast(m_p, tf.float32), anchor_pool) * used)  # [M]
 
     q = tf.gather(x, anchor_idx)  # [M, C]
-    # |logit| <= 1/t for unit vectors: fixed shift unless exp(-2/t) could underflow.
-    max_logit = inv_t if 2.0 * inv_t < 80.0 else None
-    lse_sum = pooled_weighted_lse_sum(q, x, anchor_idx, w, q_off, k_off, temperature, chunk_size, max_logit)
+    # Unit vectors: |logit| <= 1/t.
+    lse_sum = pooled_weighted_lse_sum(
+        x, anchor_idx, w, q_off, k_off, temperature, chunk_size, logit_bound=inv_t * (1.0 + 1e-6)
+    )
 
     # Positive term: sum_p s_ip = q_i . (sum of i's class in the pool) - q_i . q_i.
     # Every member of a class with >= 2 members is an anchor, so sum over anchors.

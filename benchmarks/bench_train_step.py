@@ -1,0 +1,120 @@
+"""Benchmark of one training step of each stage: images per second, 1 device vs 2 logical CPUs.
+
+Each case runs in its own subprocess (logical devices are fixed at TensorFlow start-up).
+The child builds the stage's Task on synthetic 64x64 data (labels with ~5% foreground),
+runs the Trainer's compiled step `--warmup` times, then times `--repeats` steps and
+reports the median ms per step, images per second and peak resident memory.
+
+Examples::
+
+    python benchmarks/bench_train_step.py                       # default cases
+    python benchmarks/bench_train_step.py --cases finetune:3:16:8 --devices 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# stage:depth:width:batch (images per step; the contrastive stages see 2 views of each)
+DEFAULT_CASES = [
+    "global:3:16:80", "local:3:16:4", "finetune:3:16:8",          # configs/hippocampus.yaml
+    "finetune:4:16:8", "finetune:4:64:8", "local:4:64:4",          # the reference code's U-Net
+]
+
+
+def child(args: argparse.Namespace) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO_ROOT))
+    import resource
+
+    import numpy as np
+
+    from tfsemiseg.training.strategy import make_strategy
+
+    devices = args.devices[0]
+    strategy = make_strategy(devices)  # before any other TF work
+
+    from tfsemiseg.config import Config
+    from tfsemiseg.data.prepared import TrainingArrays
+    from tfsemiseg.training.engine import Trainer
+    from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
+
+    stage, depth, width, batch = args.case.split(":")
+    depth, width, batch = int(depth), int(width), int(batch)
+    rng = np.random.default_rng(0)
+    n = 256
+    images = rng.random((n, args.size, args.size), np.float32)
+    labels = np.zeros((n, args.size, args.size), np.uint8)
+    s = args.size
+    labels[:, s // 3 : s // 3 + s // 8, s // 3 : s // 2] = 1
+    labels[:, s // 2 : s // 2 + s // 8, s // 3 : s // 2] = 2
+    arrays = TrainingArrays(images, images, labels, [], [])
+    key = {"global": "global_stage", "local": "local_stage", "finetune": "finetune_stage"}[stage]
+    cfg = Config().replace(**{
+        "data.image_size": s, "model.depth": depth, "model.base_width": width,
+        f"train.{key}.batch_size": batch, f"train.{key}.epochs": 1,
+        "train.local_stage.mode": args.local_mode, "model.local_head_dims": [args.head_dim, args.head_dim],
+    })
+    kw = {"num_replicas": strategy.num_replicas_in_sync}
+    task = {"global": GlobalTask, "local": LocalTask, "finetune": FinetuneTask}[stage](cfg, arrays, 3, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(task, getattr(cfg.train, key), Path(tmp), strategy, progress=False)
+        iterator = iter(strategy.experimental_distribute_dataset(task.dataset(0)))
+        for _ in range(args.warmup):
+            trainer._train_step(iterator)[0].numpy()
+        # time the step alone: the input pipeline is measured by bench_pipeline.py
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            trainer._train_step(iterator)[0].numpy()
+            times.append(time.perf_counter() - t0)
+    ms = 1000 * float(np.median(times))
+    images_per_step = task.images_per_step
+    params = sum(int(np.prod(v.shape)) for v in task.model.trainable_variables)
+    return {"case": args.case, "devices": devices, "ms": ms, "img_s": images_per_step / ms * 1000,
+            "images_per_step": images_per_step, "params": params,
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="stage:depth:width:batch")
+    p.add_argument("--devices", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--local-mode", default="stride", choices=["stride", "block", "full"])
+    p.add_argument("--head-dim", type=int, default=128, help="local head output (reference: 128)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    print(f"| case (stage:depth:width:batch) | devices | params | ms/step (median of {args.repeats}) | images/s | peak GB |")
+    print("|---|---|---|---|---|---|")
+    for case in args.cases:
+        for devices in args.devices:
+            cmd = [sys.executable, __file__, "--child", "--case", case, "--devices", str(devices), "--size",
+                   str(args.size), "--local-mode", args.local_mode, "--head-dim", str(args.head_dim),
+                   "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"| {case} | {devices} | failed: {proc.stderr.strip().splitlines()[-1][:120]} | | | |")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"| {case} | {devices} | {r['params']:,} | {r['ms']:.0f} | {r['img_s']:.1f} | {r['peak_gb']:.2f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
