@@ -22,6 +22,7 @@ from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.io_utils import atomic_dir, read_json
 from tfsemiseg.models.transfer import load_weights_by_name
 from tfsemiseg.models.unet import build_unet
+from tfsemiseg.serving.model_card import model_card
 
 METADATA = "metadata.json"
 
@@ -86,4 +87,5 @@ def export_run(run_dir: Path, dest: Path, overwrite: bool = False) -> Path:
     with atomic_dir(Path(dest), overwrite=overwrite) as tmp:
         archive.write_out(str(tmp), verbose=False)
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+        (tmp / "MODEL_CARD.md").write_text(model_card(metadata, Path(dest).name))
     return Path(dest)

@@ -1,0 +1,71 @@
+"""MODEL_CARD.md for an exported model, written from its metadata.json."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+def _num(v: Optional[float], fmt: str = "{:.3f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
+    """Markdown: data and licence, split and fraction, config, test metrics, use and limits."""
+    cfg = meta["training_config"]
+    m = meta.get("test_metrics") or {}
+    classes = meta["class_names"][1:]
+    pooled = m.get("pooled_dice", {})
+    vol = m.get("volume_dice", {})
+    hd = m.get("hd95_mm", {})
+    rows = []
+    for i, c in enumerate(classes):
+        def pick(d: dict, key: str, fmt: str = "{:.3f}") -> str:
+            vals = d.get(key) or []
+            return _num(vals[i] if i < len(vals) else None, fmt)
+        rows.append(f"| {c} | {pick(pooled, 'per_class')} | {pick(vol, 'mean')} ± {pick(vol, 'std')} | "
+                    f"{pick(hd, 'mean', '{:.2f}')} ± {pick(hd, 'std', '{:.2f}')} |")
+    model = cfg["model"]
+    licence = ("CC-BY-SA 4.0 (Medical Segmentation Decathlon, Task04 Hippocampus, Vanderbilt University Medical "
+               "Center); cite Simpson et al. 2019 (arXiv:1902.09063) and Antonelli et al. 2022 (Nat. Commun. 13, 4128)"
+               if (meta.get("dataset") or "").lower() == "hippocampus" else "see the training data's own licence")
+    return f"""# {name}
+
+2D U-Net ({model['depth']} levels, base width {model['base_width']}, {model['norm']} normalisation) segmenting
+{', '.join(classes)} slice by slice at {meta['image_size']}x{meta['image_size']}, exported by tfsemiseg
+{meta.get('tfsemiseg_version', '')} as a TensorFlow SavedModel (signature `serving_default`: `slices` float32
+[N, H, W] -> `labels` int32 [N, H, W], `probabilities` float32 [N, H, W, K]; slicing axis {meta['slice_axis']}).
+
+## Training data and licence
+- Data: {meta.get('dataset')}; licence: {licence}.
+- Split: fold {meta['fold']} of the seeded volume-level splits (ratios {cfg['split']['ratios']}, seed
+  {cfg['split']['seed']}); labeled fraction {meta['labeled_fraction']:g} of the train volumes
+  ({meta['labeled_volumes']} volumes with labels); method `{meta['method']}`.
+- Preprocessing (inside the model): per-volume min-max to [0, 1], bilinear resize to the model size;
+  probabilities resized back bilinearly.
+
+## Test-set metrics ({m.get('num_volumes', 'n/a')} volumes of the split's test part)
+Pooled Dice is the paper's metric (intersections and sums pooled over all test slices at model
+resolution); per-volume Dice and HD95 are at native resolution (HD95 over volumes where both
+prediction and label hold the class).
+
+| class | pooled Dice | per-volume Dice (mean ± std) | HD95 mm (mean ± std) |
+|---|---|---|---|
+{chr(10).join(rows)}
+| mean | {_num(pooled.get('mean'))} | {_num(vol.get('mean_over_classes'))} | {_num(hd.get('mean_over_classes'), '{:.2f}')} |
+
+## Training configuration
+Stages and settings are in `metadata.json` (`training_config`); fine-tuning: {cfg['train']['finetune_stage']['epochs']}
+epochs, batch {cfg['train']['finetune_stage']['batch_size']}, Adam lr {cfg['train']['finetune_stage']['learning_rate']}
+({cfg['train']['finetune_stage']['schedule']}).
+{notes}
+## Intended use
+Research on label-efficient segmentation and a starting point for fine-tuning on similar T1-weighted
+hippocampus crops. Not a medical device; not for clinical decisions.
+
+## Limits
+- Trained on the MSD Hippocampus crops (small volumes around the hippocampus, 1 mm isotropic); whole-brain
+  scans, other contrasts or resolutions are out of distribution.
+- 2D slice-wise model: no 3D context; slices are resized to {meta['image_size']}x{meta['image_size']}, which
+  distorts anisotropic slices.
+- Metrics come from one split's test part, not from an external cohort.
+"""
