@@ -88,6 +88,10 @@ class TCSMTask(FinetuneTask):
     def trainable_variables(self) -> list[tf.Variable]:
         return self.student.trainable_variables
 
+    @property
+    def state_variables(self) -> list[tf.Variable]:
+        return self.student.non_trainable_variables
+
     def checkpoint_items(self) -> dict[str, Any]:
         return {"model": self.model, "student": self.student, "tcsm_updates": self.updates}
 

@@ -56,6 +56,11 @@ class Task:
     def trainable_variables(self) -> list[tf.Variable]:
         return self.model.trainable_variables
 
+    @property
+    def state_variables(self) -> list[tf.Variable]:
+        """Non-trainable state the training forward pass updates (BatchNorm statistics)."""
+        return self.model.non_trainable_variables
+
     def checkpoint_items(self) -> dict[str, Any]:
         """Objects saved in checkpoints besides the optimizer and counters."""
         return {"model": self.model}
@@ -64,7 +69,7 @@ class Task:
         raise NotImplementedError
 
     def after_update(self) -> None:
-        """In-graph hook after each applied update (e.g. an EMA teacher)."""
+        """In-graph hook after each applied update (e.g. an EMA teacher), in cross-replica context."""
         return None
 
     def dataset(self, seed: int) -> tf.data.Dataset:  # pragma: no cover - interface
@@ -192,7 +197,7 @@ class Trainer:
         clip_norm = self.cfg.clip_norm if num_replicas > 1 else None  # else the optimizer clips
         # State the forward pass changes (BatchNorm moving statistics): put back when the
         # step is skipped (nothing to learn from) or rejected (non-finite loss).
-        state = list(task.model.non_trainable_variables)
+        state = list(task.state_variables)
 
         def forward_backward(batch):
             with tf.GradientTape() as tape:
@@ -214,7 +219,6 @@ class Trainer:
 
         def apply(grads):
             opt.apply(grads, task.trainable_variables)
-            task.after_update()
 
         @tf.function
         def train_step(iterator):
@@ -226,6 +230,7 @@ class Trainer:
             finite = tf.math.is_finite(mean_loss)
             if total > 0 and finite:
                 strategy.run(apply, args=(grads,))
+                task.after_update()  # cross-replica context: mirrored variables updated alike
             else:
                 for v, value in zip(state, saved):
                     v.assign(value)
