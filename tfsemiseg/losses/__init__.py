@@ -5,8 +5,6 @@ Every loss casts its inputs to float32 at entry and returns a scalar float32.
 
 from tfsemiseg.losses.global_contrastive import global_contrastive_loss, nt_xent_from_pairs
 from tfsemiseg.losses.local_contrastive import (
-    DEFAULT_CHUNK_ELEMENTS,
-    MIN_CHUNK_ROWS,
     local_contrastive_points,
     pooled_weighted_lse_sum,
     self_supervised_local_contrastive_loss,
@@ -26,9 +24,7 @@ __all__ = [
     "flip_rotate",
     "mixup_loss",
     "sigmoid_rampup",
-    "DEFAULT_CHUNK_ELEMENTS",
     "DICE_EPSILON",
-    "MIN_CHUNK_ROWS",
     "cross_entropy",
     "global_contrastive_loss",
     "local_contrastive_points",

@@ -2,14 +2,14 @@
 
 * :func:`supervised_local_contrastive_loss` - the supervised local loss of
   Hu et al., MICCAI 2021, with the ``stride``, ``block`` and ``full`` pooling
-  strategies. Every mode is exact and memory-bounded: only anchor rows are
-  computed, one [chunk of anchors, keys of the pool] block at a time, with a
-  custom gradient (see :func:`pooled_weighted_lse_sum`).
+  strategies. Every mode is exact and memory-bounded: only anchor rows of the
+  similarity matrix are computed, block by block, with a custom gradient
+  accumulated in the same pass (see :func:`pooled_weighted_lse_sum`).
 * :func:`self_supervised_local_contrastive_loss` - the 9/13-point local loss of
   Chaitanya et al., NeurIPS 2020, used as a baseline.
 
 All arithmetic is float32 whatever the input dtype. Features are L2-normalised
-over channels here (outside the custom gradient: autodiff handles it).
+over channels here, before (outside) the fused log-sum-exp op.
 
 Definitions shared by the supervised modes. A *pool* is a set of points. In one
 pool, with ``s`` the dot product of normalised features and ``t`` the
@@ -38,8 +38,6 @@ import tensorflow as tf
 from tfsemiseg.losses.global_contrastive import nt_xent_from_pairs
 
 __all__ = [
-    "DEFAULT_CHUNK_ELEMENTS",
-    "MIN_CHUNK_ROWS",
     "supervised_local_contrastive_loss",
     "supervised_local_contrastive_loss_with_count",
     "self_supervised_local_contrastive_loss",
@@ -47,12 +45,17 @@ __all__ = [
     "pooled_weighted_lse_sum",
 ]
 
-# Work is cut into blocks of [chunk of a pool's anchors, all keys of the pool]
-# holding about DEFAULT_CHUNK_ELEMENTS similarities (16 MB in float32) but at
-# least MIN_CHUNK_ROWS anchors: peak extra memory is a few blocks, i.e.
-# O(max(DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ROWS * N)) for N points, never N^2.
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
-MIN_CHUNK_ROWS = 16
+# Block sizes (similarity entries) of pooled_weighted_lse_sum: a pool whose
+# [anchors, points] block has at most FUSED_BLOCK_ELEMENTS entries (64 MB) is
+# done in one block; larger pools stream keys in blocks of about
+# STREAM_BLOCK_ELEMENTS entries (4 MB, cache-friendly), at least
+# MIN_CHUNK_KEYS keys wide, for chunks of at most MAX_CHUNK_ROWS anchors.
+# Peak extra memory is therefore O(max(FUSED_BLOCK_ELEMENTS,
+# MAX_CHUNK_ROWS * MIN_CHUNK_KEYS)) plus O(N * C), never N^2.
+FUSED_BLOCK_ELEMENTS = 1 << 24
+STREAM_BLOCK_ELEMENTS = 1 << 20
+MIN_CHUNK_KEYS = 128
+MAX_CHUNK_ROWS = 8192
 
 # Finite "minus infinity" for masked logits (exp underflows to exactly 0 while
 # values and gradients stay finite, even for rows that are entirely masked).
@@ -80,6 +83,33 @@ def _unit_vectors(x: tf.Tensor):
     return y, grad
 
 
+def _subsample(x: tf.Tensor, stride: int) -> tf.Tensor:
+    """``x[:, ::stride, ::stride]`` for [B, H, W, C] ``x``.
+
+    When H and W are static multiples of ``stride`` the gradient is a single
+    ``tf.pad`` (about twice as fast as the generic strided-slice gradient,
+    which matters because the gradient is a full-size map).
+    """
+    h, w = x.shape[1], x.shape[2]
+    if stride == 1:
+        return x
+    if h is None or w is None or h % stride or w % stride or x.shape[-1] is None:
+        return x[:, ::stride, ::stride]
+
+    @tf.custom_gradient
+    def _sub(v: tf.Tensor):
+        b, c = tf.shape(v)[0], v.shape[-1]
+        cells = tf.reshape(v, tf.stack([b, h // stride, stride, w // stride, stride, c]))
+
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            pad = [[0, 0], [0, 0], [0, stride - 1], [0, 0], [0, stride - 1], [0, 0]]
+            return tf.reshape(tf.pad(dy[:, :, None, :, None, :], pad), tf.shape(v))
+
+        return cells[:, :, 0, :, 0, :], grad
+
+    return _sub(x)
+
+
 def _normalize(features: tf.Tensor) -> tf.Tensor:
     features = tf.convert_to_tensor(features)
     if features.dtype != tf.float32:
@@ -101,7 +131,6 @@ def pooled_weighted_lse_sum(
     temperature: float,
     chunk_size: int | None = None,
     logit_bound: float | None = None,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> tf.Tensor:
     """``sum_i w_i log sum_{k in pool(i), k != j_i} exp(x_{j_i} . x_k / t)``.
 
@@ -112,20 +141,29 @@ def pooled_weighted_lse_sum(
     ``query_index[q_offsets[p]:q_offsets[p+1]]`` (which must point into the
     pool's keys).
 
-    Exact, without ever holding more than one [chunk of a pool's queries,
-    keys of the pool] block of similarities: a ``tf.while_loop`` over pools
-    and, inside, over chunks of the pool's queries computes each block once.
-    Because the output is a fixed weighted sum, the block's gradient
-    contribution is accumulated in the same pass (``p_ik`` the masked
-    softmax of row ``i``; the query part is added at row ``j_i``)::
+    Exact, and memory-bounded: the similarity matrix is never held beyond one
+    block of [chunk of a pool's queries, chunk of the pool's keys]. With
+    ``p_ik`` the masked softmax of row ``i``, the gradient is::
 
         dx_{j_i} += (w_i / t) sum_k p_ik x_k      dx_k += sum_i (w_i / t) p_ik x_{j_i}
 
-    and the backward pass only scales this [N, C] buffer by the incoming
-    gradient: no similarity is stored or recomputed, and a block costs three
-    matmuls and one ``exp`` pass. (Evaluating the value alone costs the
-    same.) Works in eager mode and in ``tf.function`` with dynamic sizes,
-    including no query at all.
+    Because the output is a fixed weighted sum, the gradient is accumulated
+    in the forward pass and the backward pass only scales the stored [N, C]
+    buffer: nothing N x N is stored, and no similarity is recomputed in
+    the backward pass. Per pool and chunk of at most ``MAX_CHUNK_ROWS``
+    queries:
+
+    * if the [queries, keys of the pool] block has at most
+      ``FUSED_BLOCK_ELEMENTS`` entries (the usual case of ``stride`` and
+      ``block`` modes) it is computed once: three matmuls and one ``exp``;
+    * otherwise (``full`` mode) the keys are streamed in chunks of about
+      ``STREAM_BLOCK_ELEMENTS / queries`` (at least ``MIN_CHUNK_KEYS``):
+      a first pass accumulates the row sums (streaming log-sum-exp), a second
+      recomputes each block for the gradient: four matmuls and two ``exp``.
+
+    The loops are ``tf.while_loop`` s, so the function works in eager mode
+    and inside ``tf.function`` with dynamic sizes, including no query at
+    all. (Evaluating the value alone costs as much as value + gradient.)
 
     Args:
       keys: [N, C] float32 ``x``.
@@ -133,12 +171,14 @@ def pooled_weighted_lse_sum(
       weights: [M] float32 ``w_i`` (treated as constants: no gradient).
       q_offsets, k_offsets: [T+1] int32 pool boundaries (0 first, M / N last).
       temperature: ``t``.
-      chunk_size: queries per block; ``None``: per pool,
-        ``clip(chunk_elements // keys_in_pool, MIN_CHUNK_ROWS, queries)``.
+      chunk_size: if set, at most this many queries per chunk and keys per
+        key chunk, and the streaming path is used whenever a pool has more
+        keys (tests use it to force several ragged chunks).
       logit_bound: a bound of every ``|logit|`` (``1/t`` for unit vectors).
         If it is at most 40 the exponentials are taken without any shift
         (no overflow or underflow is possible); otherwise, or with ``None``,
-        each row's maximum is subtracted first (one more pass per block).
+        rows are shifted by their (running) maximum, which costs one more
+        matmul per block.
 
     Returns:
       Scalar float32.
@@ -153,6 +193,11 @@ def pooled_weighted_lse_sum(
     # |logit| <= 40: exp(logit) in [4e-18, 2e17], so rows of up to 1e20 terms
     # are summed in float32 without any shift.
     no_shift = logit_bound is not None and logit_bound <= 40.0
+    max_rows = MAX_CHUNK_ROWS if chunk_size is None else max(int(chunk_size), 1)
+    elem = tf.TensorShape([None]).concatenate(keys.shape[1:])
+
+    def new_array(size: tf.Tensor | int) -> tf.TensorArray:
+        return tf.TensorArray(tf.float32, size=size, element_shape=elem, infer_shape=False)
 
     @tf.custom_gradient
     def _fused(k: tf.Tensor):
@@ -161,56 +206,123 @@ def pooled_weighted_lse_sum(
         q_in = q_sg * inv_t
         q_w = q_sg * (weights * inv_t)[:, None]  # w_i q_i / t
 
+        def exp_block(q_c, k_c, self_pos, shift):
+            """exp(q_c k_c^T - shift) with the self entries set to 0."""
+            logits = tf.matmul(q_c, k_c, transpose_b=True)
+            if shift is not None:
+                logits = logits - shift[:, None]
+            e = tf.exp(logits)
+            return tf.tensor_scatter_nd_update(e, self_pos, tf.zeros(tf.shape(self_pos)[:1], tf.float32))
+
+        def row_max(q_c, k_c, self_pos):
+            logits = tf.matmul(q_c, k_c, transpose_b=True)
+            logits = tf.tensor_scatter_nd_update(logits, self_pos, tf.fill(tf.shape(self_pos)[:1], _NEG))
+            return tf.reduce_max(logits, axis=1)
+
+        def self_entries(self_c, ks, width):
+            """(row, col) of the excluded entries inside keys [ks, ks + width)."""
+            hit = tf.cast(tf.where(tf.logical_and(self_c >= ks, self_c < ks + width))[:, 0], tf.int32)
+            return tf.stack([hit, tf.gather(self_c, hit) - ks], axis=1)
+
+        def rows_fused(a, b, ks, ke):
+            """One block for rows [a, b) against keys [ks, ke)."""
+            q_c, k_p = q_in[a:b], k_sg[ks:ke]
+            self_pos = self_entries(query_index[a:b] - ks, 0, ke - ks)
+            shift = None if no_shift else row_max(q_c, k_p, self_pos)
+            e = exp_block(q_c, k_p, self_pos, shift)
+            row_sum = tf.reduce_sum(e, axis=1)
+            inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
+            dk_p = tf.matmul(e, q_w[a:b] * inv_sum, transpose_a=True)  # [n_p, C]
+            dq = tf.matmul(e, k_p) * inv_sum  # [r, C]: sum_k p_ik x_k
+            return row_sum, shift, dq, dk_p
+
+        def rows_streamed(a, b, ks, ke, width):
+            """Rows [a, b) against keys [ks, ke) streamed in chunks of `width` keys."""
+            q_c, self_c = q_in[a:b], query_index[a:b] - ks
+            num_chunks = (ke - ks + width - 1) // width
+            r = b - a
+
+            def key_chunk(c):
+                c0 = c * width
+                return k_sg[ks + c0 : tf.minimum(ks + c0 + width, ke)], self_entries(self_c, c0, width)
+
+            if no_shift:
+                shift = None
+
+                def sum_body(c, row_sum):
+                    k_c, self_pos = key_chunk(c)
+                    return c + 1, row_sum + tf.reduce_sum(exp_block(q_c, k_c, self_pos, None), axis=1)
+
+                _, row_sum = tf.while_loop(
+                    lambda c, _: c < num_chunks, sum_body, (0, tf.zeros([r])), parallel_iterations=1
+                )
+            else:  # streaming log-sum-exp with a running maximum
+
+                def sum_body(c, run_max, row_sum):
+                    k_c, self_pos = key_chunk(c)
+                    new_max = tf.maximum(run_max, row_max(q_c, k_c, self_pos))
+                    e = exp_block(q_c, k_c, self_pos, new_max)
+                    return c + 1, new_max, row_sum * tf.exp(run_max - new_max) + tf.reduce_sum(e, axis=1)
+
+                _, shift, row_sum = tf.while_loop(
+                    lambda c, *_: c < num_chunks,
+                    sum_body,
+                    (0, tf.fill([r], tf.constant(_NEG, tf.float32)), tf.zeros([r])),
+                    parallel_iterations=1,
+                )
+            inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
+            q_w_c = q_w[a:b] * inv_sum
+
+            def grad_body(c, dq, dk_chunks):
+                k_c, self_pos = key_chunk(c)
+                e = exp_block(q_c, k_c, self_pos, shift)
+                return c + 1, dq + tf.matmul(e, k_c), dk_chunks.write(c, tf.matmul(e, q_w_c, transpose_a=True))
+
+            _, dq, dk_chunks = tf.while_loop(
+                lambda c, *_: c < num_chunks,
+                grad_body,
+                (0, tf.zeros(tf.stack([r, channels])), new_array(num_chunks)),
+                parallel_iterations=1,
+            )
+            return row_sum, shift, dq * inv_sum, dk_chunks.concat()
+
         def pool_body(p, total, dk_out):
             qs, qe = q_offsets[p], q_offsets[p + 1]
             ks, ke = k_offsets[p], k_offsets[p + 1]
+            n_p = ke - ks
+            rows = tf.minimum(tf.maximum(qe - qs, 1), max_rows)
             if chunk_size is None:
-                rows = tf.clip_by_value(
-                    chunk_elements // tf.maximum(ke - ks, 1), MIN_CHUNK_ROWS, tf.maximum(qe - qs, 1)
-                )
+                fused = rows * n_p <= FUSED_BLOCK_ELEMENTS
+                width = tf.clip_by_value(STREAM_BLOCK_ELEMENTS // rows, MIN_CHUNK_KEYS, tf.maximum(n_p, 1))
             else:
-                rows = max(int(chunk_size), 1)
-            k_p = k_sg[ks:ke]  # [n_p, C]
+                fused = n_p <= max_rows
+                width = tf.constant(max_rows)
 
             def chunk_body(a, total, dk_p):
                 b = tf.minimum(a + rows, qe)
-                self_c = query_index[a:b] - ks  # own column in the pool
-                self_pos = tf.stack([tf.range(b - a), self_c], axis=1)
-                logits = tf.matmul(q_in[a:b], k_p, transpose_b=True)  # [r, n_p]
-                if no_shift:
-                    e = tf.exp(logits)
-                    shift = 0.0
-                else:
-                    logits = tf.tensor_scatter_nd_update(logits, self_pos, tf.fill([b - a], _NEG))
-                    shift = tf.reduce_max(logits, axis=1, keepdims=True)
-                    e = tf.exp(logits - shift)
-                    shift = shift[:, 0]
-                e = tf.tensor_scatter_nd_update(e, self_pos, tf.zeros([b - a], tf.float32))
-                row_sum = tf.reduce_sum(e, axis=1)  # [r], > 0 for anchors
+                row_sum, shift, dq, dk_r = tf.cond(
+                    fused,
+                    lambda: _with_shift(rows_fused(a, b, ks, ke), b - a),
+                    lambda: _with_shift(rows_streamed(a, b, ks, ke, width), b - a),
+                )
                 total = total + tf.reduce_sum(weights[a:b] * (tf.math.log(row_sum) + shift))
-                inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
-                dk_p = dk_p + tf.matmul(e, q_w[a:b] * inv_sum, transpose_a=True)  # key side
-                dq = tf.matmul(e, k_p) * (inv_sum * weights[a:b, None] * inv_t)  # query side
-                return b, total, tf.tensor_scatter_nd_add(dk_p, self_c[:, None], dq)
+                # Query side: add (w_i / t) sum_k p_ik x_k at the query's own row.
+                dq = dq * (weights[a:b] * inv_t)[:, None]
+                dk_r = tf.tensor_scatter_nd_add(dk_r, (query_index[a:b] - ks)[:, None], dq)
+                return b, total, dk_p + dk_r
 
             _, total, dk_p = tf.while_loop(
                 lambda a, *_: a < qe,
                 chunk_body,
-                (qs, total, tf.zeros(tf.stack([ke - ks, channels]), tf.float32)),
+                (qs, total, tf.zeros(tf.stack([n_p, channels]), tf.float32)),
                 parallel_iterations=1,
             )
             return p + 1, total, dk_out.write(p, dk_p)
 
-        dk_out = tf.TensorArray(
-            tf.float32,
-            size=num_pools,
-            element_shape=tf.TensorShape([None]).concatenate(keys.shape[1:]),
-            infer_shape=False,
-        )
         _, total, dk_out = tf.while_loop(
             lambda p, *_: p < num_pools,
             pool_body,
-            (tf.constant(0), tf.constant(0.0), dk_out),
+            (tf.constant(0), tf.constant(0.0), new_array(num_pools)),
             parallel_iterations=1,
         )
         dk = dk_out.concat()  # pools in key order: [N, C]
@@ -221,6 +333,12 @@ def pooled_weighted_lse_sum(
         return total, grad
 
     return _fused(keys)
+
+
+def _with_shift(out: tuple, rows: tf.Tensor) -> tuple:
+    """Replaces a None shift by zeros so that both tf.cond branches match."""
+    row_sum, shift, dq, dk = out
+    return row_sum, tf.zeros([rows]) if shift is None else shift, dq, dk
 
 
 def _tile_points(
@@ -352,7 +470,7 @@ def supervised_local_contrastive_loss_with_count(
         if int(stride) < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         # Subsample first: only the selected points are normalised.
-        features = features[:, :: int(stride), :: int(stride), :]
+        features = _subsample(features, int(stride))
         labels = labels[:, :: int(stride), :: int(stride)]
     x = _normalize(features)  # [B, H', W', C]
     channels = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
@@ -401,16 +519,15 @@ def supervised_local_contrastive_loss(
         * ``"full"``: one pool of every pixel of every map (stride 1).
 
         All modes are exact and never materialise more than one block of
-        the similarity matrix: only anchor rows are computed, in blocks of
-        [``chunk_size`` anchors of a pool, all keys of the pool], and the
-        gradient is accumulated block by block in the forward pass by a
+        the similarity matrix: only anchor rows are computed, block by
+        block, and the gradient is accumulated in the forward pass by a
         custom gradient (see :func:`pooled_weighted_lse_sum`); memory is
         O(chunk x N), not N^2.
       stride: subsampling step of ``"stride"`` mode.
       block_size: tile size of ``"block"`` mode.
-      chunk_size: anchors per block; ``None`` (default) sizes blocks to about
-        ``DEFAULT_CHUNK_ELEMENTS`` similarities (at least ``MIN_CHUNK_ROWS``
-        anchors).
+      chunk_size: ``None`` (default): automatic block sizes (see
+        :func:`pooled_weighted_lse_sum`); an int caps both the anchors and
+        the keys per block (mainly for tests).
 
     Returns:
       Scalar float32 loss; 0 (with zero gradient) when there is no anchor.
