@@ -41,9 +41,9 @@ def trained_run(tmp_path_factory):
     (data / "dataset.json").write_text(json.dumps(desc))
     cfg = load_config(REPO / "configs" / "tiny.yaml").replace(**{
         "data.cache_dir": str(tmp / "cache"),
-        "train.finetune_stage.epochs": 12,
-        "train.finetune_stage.batch_size": 16,
-        "train.finetune_stage.validate_every_epochs": 12,
+        "train.finetune_stage.epochs": 25,
+        "train.finetune_stage.batch_size": 8,
+        "train.finetune_stage.validate_every_epochs": 5,
     })
     root = tmp / "run"
     result = prepare_and_run(cfg, data, root, "random", 1.0, 0, make_strategy(0), echo=lambda s: None)
