@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,6 +21,7 @@ from tfsemiseg.training.engine import Trainer, TrainingError
 from tfsemiseg.training.stages import FinetuneTask, LocalTask
 
 NUM_CLASSES = 3
+EPOCHS = 50  # of 4 steps
 
 
 def _tiny(cfg, size: int = 16, width: int = 4):
@@ -59,12 +61,12 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 
 @pytest.fixture(scope="module")
 def finetuned(phantom_dir, tmp_path_factory):
-    """A tiny U-Net fine-tuned (no augmentation) on 16 phantom slices at 32x32, with the
-    validation volumes of the split evaluated every 10 epochs."""
+    """A tiny U-Net fine-tuned (no augmentation) for 200 steps on 16 phantom slices at
+    32x32; the validation volumes of the split are evaluated after the last epoch."""
     tmp = tmp_path_factory.mktemp("finetuned")
     cfg = _tiny(no_aug(cfg_with(tmp)), size=32, width=8).replace(**{
-        "train.finetune_stage": {"epochs": 30, "batch_size": 8, "learning_rate": 3e-3,
-                                 "validate_every_epochs": 10, "checkpoint_every_steps": 0},
+        "train.finetune_stage": {"epochs": EPOCHS, "batch_size": 4, "learning_rate": 1e-2,
+                                 "validate_every_epochs": EPOCHS, "checkpoint_every_steps": 0},
     })
     data = prepare_dataset(cfg, phantom_dir, tmp / "run")
     split = data.split(0)
@@ -72,6 +74,7 @@ def finetuned(phantom_dir, tmp_path_factory):
     has_fg = np.flatnonzero(arrays.labeled_labels.reshape(len(arrays.labeled_labels), -1).any(1))
     pick = has_fg[np.linspace(0, len(has_fg) - 1, 16).astype(int)]
     images, labels = arrays.labeled_images[pick], arrays.labeled_labels[pick]
+    keras.utils.set_random_seed(0)  # the initial weights
     task = FinetuneTask(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES,
                         val_volumes=[data.volumes[c] for c in split.val])
     trainer = Trainer(task, task.stage, tmp / "finetune", tf.distribute.get_strategy(), progress=False)
@@ -81,7 +84,7 @@ def finetuned(phantom_dir, tmp_path_factory):
 
 def test_finetune_reaches_high_dice_on_its_training_slices(finetuned) -> None:
     task, result, images, labels, _ = finetuned
-    assert result.steps == 30 * 2 and result.epochs == 30
+    assert result.steps == EPOCHS * 4 and result.epochs == EPOCHS
     assert math.isfinite(result.last_loss) and result.last_loss < result.history[0]["loss"]
     metric = PooledDice(NUM_CLASSES)
     metric.update(predict_probabilities(task.model, images).argmax(-1), labels)
@@ -109,13 +112,18 @@ def test_tensorboard_holds_training_and_validation_summaries(finetuned) -> None:
     for tag in scalars + ["finetune/val_overlay"]:
         assert tag in events, f"{tag} missing; tags: {sorted(events)}"
     value = lambda v: float(tf.make_ndarray(v.tensor))  # noqa: E731
+    # written every 10 steps and at the end of every epoch (4 steps)
+    expected = sorted(set(range(10, 4 * EPOCHS + 1, 10)) | set(range(4, 4 * EPOCHS + 1, 4)))
+    for tag in ("finetune/loss", "finetune/learning_rate", "finetune/images_per_second"):
+        assert [step for step, _ in events[tag]] == expected, tag
     lr = [value(v) for _, v in events["finetune/learning_rate"]]
-    assert np.allclose(lr, 3e-3)
+    assert np.allclose(lr, 1e-2)
     assert all(value(v) > 0 for _, v in events["finetune/images_per_second"])
-    # validation at epochs 10, 20, 30 (steps 20, 40, 60), matching the history
-    val = {step: value(v) for step, v in events["finetune/val_dice"]}
-    assert sorted(val) == [20, 40, 60]
-    assert val[60] == pytest.approx(result.history[-1]["val_dice"], abs=1e-6)
+    # validation after the last epoch, as in the history
+    for key in ("dice", "dice_class1", "dice_class2"):
+        (step, v), = events[f"finetune/val_{key}"]
+        assert step == 4 * EPOCHS and value(v) == pytest.approx(result.history[-1][f"val_{key}"], abs=1e-6)
+    assert result.best_dice == pytest.approx(result.history[-1]["val_dice"])
     # the image summary: input | label | prediction, 3 channels (PNG-encoded per image)
     steps, image = events["finetune/val_overlay"][-1]
     assert image.metadata.plugin_data.plugin_name == "images"
@@ -172,23 +180,22 @@ def test_non_finite_loss_stops_with_step_and_stage_and_keeps_last_good_checkpoin
 # --------------------------------------------------------------------------- skipped steps
 
 
-def test_local_batch_without_foreground_is_skipped_without_any_change(make_cfg, tmp_path) -> None:
+def test_local_batches_without_foreground_are_skipped_without_any_change(make_cfg, tmp_path) -> None:
     cfg = _tiny(make_cfg()).replace(**{"train.local_stage": {
         "epochs": 1, "batch_size": 2, "learning_rate": 1e-2, "mode": "stride", "stride": 2,
         "checkpoint_every_steps": 0}})
     empty_images, empty_labels = _blobs(2, 16, foreground=False)
     images, labels = _blobs(2, 16, seed=1)
-    arrays = TrainingArrays(images, images, labels, [], [])
-    task = LocalTask(cfg, arrays, NUM_CLASSES)
+    task = LocalTask(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES)
     strategy = tf.distribute.get_strategy()
     trainer = Trainer(task, task.stage, tmp_path / "local", strategy, progress=False)
 
-    def batch(x, y):
-        return (tf.constant(x[..., None]), tf.constant(x[..., None] * 0.9), tf.constant(y.astype(np.int32)))
+    def batches(x, y, n):
+        views = (tf.constant(x[..., None]), tf.constant(x[..., None] * 0.9), tf.constant(y.astype(np.int32)))
+        return tf.data.Dataset.from_tensors(views).repeat(n)
 
-    # two batches without foreground, then one with
-    ds = tf.data.Dataset.from_tensors(batch(empty_images, empty_labels)).repeat(2)
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(batch(images, labels)))
+    # two batches without foreground, then one with: step by step
+    ds = batches(empty_images, empty_labels, 2).concatenate(batches(images, labels, 1))
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     before = _weights(task.model)
     for _ in range(2):
@@ -203,17 +210,11 @@ def test_local_batch_without_foreground_is_skipped_without_any_change(make_cfg, 
     assert any(not np.array_equal(after[k], before[k]) for k in before if "kernel" in k)
     assert any(not np.array_equal(after[k], before[k]) for k in before if "moving_mean" in k)
 
-
-def test_fit_counts_skipped_steps_in_the_history(make_cfg, tmp_path) -> None:
-    cfg = _tiny(make_cfg()).replace(**{"train.local_stage": {
-        "epochs": 1, "batch_size": 2, "learning_rate": 1e-2, "mode": "block", "block_size": 8,
-        "checkpoint_every_steps": 0}})
-    images, labels = _blobs(4, 16, foreground=False)
-    task = LocalTask(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES)
-    trainer = Trainer(task, task.stage, tmp_path / "local", tf.distribute.get_strategy(), progress=False)
-    before = _weights(task.model)
+    # through fit: an epoch of such batches is all skipped steps, and the history says so
+    task.steps_per_epoch = 3
+    task.dataset = lambda seed: batches(empty_images, empty_labels, -1)
     result = trainer.fit()
-    assert result.steps == 2 and result.history[0]["skipped_steps"] == 2
+    assert result.steps == 3 and result.history[0]["skipped_steps"] == 3
     assert math.isnan(result.last_loss) and math.isnan(result.history[0]["loss"])
-    assert int(trainer.optimizer.iterations.numpy()) == 0
-    _assert_same(_weights(task.model), before)
+    assert int(trainer.optimizer.iterations.numpy()) == 1
+    _assert_same(_weights(task.model), after)

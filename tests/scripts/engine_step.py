@@ -7,11 +7,12 @@ initialises, hence one process per device count):
 
 and importable (`write_init`, `run_stages`) for the single-device reference that the
 test runs in its own process. For each stage (global, local-stride, local-block,
-finetune; a "+clip" suffix sets clip_norm = CLIP_NORM) `run_stages` builds the stage's Task with the initial weights of
-`DIR/<model>_init.npz`, replaces its dataset by one fixed global batch repeated, runs
+finetune; a "+clip" suffix sets clip_norm = CLIP_NORM) `run_stages` builds the stage's
+Task with the initial weights of `DIR/<model>_init.npz`, replaces its dataset by one fixed global batch repeated, runs
 exactly one step through `Trainer.fit` (one epoch of one step) and writes the weights
-after the step to `OUT/<stage>_after.npz`; it returns the losses and the optimizer
-iteration counts.
+after the step to `OUT/<stage>_after.npz`; the local stages then take one step on a batch
+without foreground (skipped). It returns the losses, the optimizer iteration counts
+and what the skipped step changed.
 
 The optimizer is Adam with epsilon = 1 instead of 1e-7: Adam's first step is
 lr * g / (|g| + eps), i.e. lr * sign(g) for |g| >> eps, so with the default epsilon
@@ -86,11 +87,14 @@ def fixed_batch(seed: int = 0):
     return images, labels
 
 
-def write_init(folder: Path) -> None:
-    """Fresh initial weights of each stage's model, `folder/<model>_init.npz`."""
+def write_init(folder: Path, seed: int = 0) -> None:
+    """Initial weights of each stage's model (seeded), `folder/<model>_init.npz`."""
+    import keras
+
     from tfsemiseg.models.transfer import save_weights_by_name
     from tfsemiseg.models.unet import build_unet
 
+    keras.utils.set_random_seed(seed)
     cfg = make_config()
     unet = build_unet(cfg.model, SIZE, NUM_CLASSES)
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -140,6 +144,15 @@ def run_stages(strategy, init: Path, out: Path, stages=STAGES, clip_norm=None) -
             save_weights_by_name(task.model, Path(out) / f"{stage}_after.npz")
             results[stage] = {"loss": result.last_loss, "steps": result.steps,
                               "iterations": int(trainer.optimizer.iterations.numpy())}
+            if kind == "local":
+                # then a batch without foreground: a skipped step changes nothing
+                before = [v.numpy().copy() for v in task.model.variables]
+                empty = tf.data.Dataset.from_tensors((x, x2, tf.zeros_like(y))).repeat()
+                _, count = trainer._train_step(iter(strategy.experimental_distribute_dataset(empty)))
+                results[stage]["skipped_count"] = float(count)
+                results[stage]["skipped_unchanged"] = all(
+                    np.array_equal(b, v.numpy()) for b, v in zip(before, task.model.variables))
+                results[stage]["iterations_after_skip"] = int(trainer.optimizer.iterations.numpy())
     finally:
         engine.make_optimizer = saved
     return results

@@ -47,9 +47,10 @@ def main() -> None:
     workers = [f"127.0.0.1:{p}" for p in args.ports.split(",")]
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": args.index}})
 
+    import keras
     import tensorflow as tf
 
-    from tfsemiseg.config import Config, from_dict
+    from tfsemiseg.config import Config
     from tfsemiseg.data.prepared import TrainingArrays
     from tfsemiseg.models.transfer import save_weights_by_name
     from tfsemiseg.training.engine import Trainer
@@ -58,9 +59,7 @@ def main() -> None:
 
     strategy = make_strategy()
     assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), type(strategy)
-    import keras
-
-    keras.utils.set_random_seed(0)  # the same initial weights on both workers
+    keras.utils.set_random_seed(0)
     images, labels = phantom_slices()
     arrays = TrainingArrays(images, images, labels, [], [])
     cfg = Config().replace(**{
@@ -68,13 +67,7 @@ def main() -> None:
         "train.finetune_stage": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-2, "checkpoint_every_steps": 2},
     })
     task = FinetuneTask(cfg, arrays, 3, num_replicas=strategy.num_replicas_in_sync)
-    task.steps_per_epoch = args.steps
-
-    def dataset(seed):  # the same global batches on every worker; the strategy shards them
-        ds = tf.data.Dataset.from_tensor_slices((images[..., None], labels.astype("int32")))
-        return ds.shuffle(len(images), seed=seed).repeat().batch(4, drop_remainder=True)
-
-    task.dataset = dataset
+    task.steps_per_epoch = args.steps  # the stage's own (augmenting) pipeline, sharded by the strategy
     trainer = Trainer(task, task.stage, args.out / f"worker{args.index}", strategy, seed=0, progress=False)
     save_weights_by_name(task.model, args.out / f"worker{args.index}_init.npz")
     result = trainer.fit()
