@@ -84,6 +84,7 @@ def stage_dir(root: Path, method: str, fraction: float, fold: int, stage: str) -
 def _stage_digest(cfg: Config, plan: StagePlan) -> str:
     """Hash of every setting the stage's result depends on (to refuse stale reuse)."""
     d = cfg.to_dict()
+    d["data"].pop("cache_dir")  # where slices are cached does not change a result
     stage_cfg = d["train"][f"{plan.stage}_stage"]
     parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
              "stage": stage_cfg, "seed": d["train"]["seed"],
