@@ -330,12 +330,13 @@ def predict(inputs, model_dir: Path, out_dir: Path, probabilities: bool, force: 
     from tfsemiseg.serving.predict import expand_inputs, predict_files
 
     files = expand_inputs(inputs)
+    names = _class_names(model_dir)
     lines: list[str] = []
     with click.progressbar(length=len(files), label="segmenting", file=sys.stderr) as bar:
         def done(pred):
             lines.append(pred.summary(names))
             bar.update(1)
-        names = _class_names(model_dir)
+
         predict_files(model_dir, files, out_dir, force, probabilities, done)
     for line in lines:
         click.echo(line)

@@ -13,6 +13,7 @@ from one of them gives Dice 0 and an undefined HD95, counted separately (never 0
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Optional, Sequence
 
 import keras
@@ -28,18 +29,18 @@ _PALETTE = np.array(
     np.float32,
 ) / 255.0
 
-_PREDICTORS: dict[int, Any] = {}
+_PREDICTORS: "weakref.WeakKeyDictionary[keras.Model, Any]" = weakref.WeakKeyDictionary()
 
 
 def _predictor(model: keras.Model):
-    key = id(model)
-    if key not in _PREDICTORS:
+    """One compiled softmax predictor per model, dropped with the model."""
+    if model not in _PREDICTORS:
         @tf.function(reduce_retracing=True)
         def predict(x):
             return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
 
-        _PREDICTORS[key] = predict
-    return _PREDICTORS[key]
+        _PREDICTORS[model] = predict
+    return _PREDICTORS[model]
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
