@@ -11,9 +11,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfsemiseg.config import ModelConfig
 from tfsemiseg.errors import ConfigError, TfSemisegError
+from tfsemiseg.models.layers import BatchNorm
 from tfsemiseg.models import (
     PARTS,
     UNet,
@@ -107,7 +109,7 @@ def test_submodel_output_shapes(depth: int, norm: str, upsample: str, activation
     if norm == "none":
         assert "enc0_norm0" not in layers
     elif norm == "batch":
-        assert isinstance(layers["dec1_norm0"], keras.layers.BatchNormalization) and layers["dec1_norm0"].synchronized
+        assert isinstance(layers["dec1_norm0"], BatchNorm)
     else:  # dec1 has 16 channels: instance = 16 groups of 1, group = cfg.groups
         assert isinstance(layers["dec1_norm0"], keras.layers.GroupNormalization)
         assert layers["dec1_norm0"].groups == (16 if norm == "instance" else 2)
@@ -336,6 +338,38 @@ def test_unreadable_weight_files(tmp_path: Path, small_unet: UNet) -> None:
         load_weights_by_name(model, tmp_path / "single.npy")
     with pytest.raises(ValueError, match="unknown part"):
         load_weights_by_name(model, tmp_path / "junk.npz", require=["backbone"])
+
+
+def test_fused_batchnorm_matches_numpy_and_keras() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(3, 5, 4, 6)) * 2 + 1).astype("float32")
+    gamma, beta = rng.uniform(0.5, 2, 6).astype("float32"), rng.normal(size=6).astype("float32")
+    ours = BatchNorm(momentum=0.9, epsilon=1e-5, name="bn")
+    ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (ours, ref):
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    assert [v.path for v in ours.variables] == ["bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"]
+    xt = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(xt)
+        y, y_ref = ours(xt, training=True), ref(xt, training=True)
+        w = tf.constant(rng.normal(size=x.shape).astype("float32"))  # a non-trivial upstream gradient
+        loss, loss_ref = tf.reduce_sum(w * y), tf.reduce_sum(w * y_ref)
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y.numpy(), (x - mean) / np.sqrt(var + 1e-5) * gamma + beta, rtol=1e-4, atol=1e-4)
+    for a, b in [(tape.gradient(loss, xt), tape.gradient(loss_ref, xt)),
+                 (tape.gradient(loss, ours.gamma), tape.gradient(loss_ref, ref.gamma)),
+                 (tape.gradient(loss, ours.beta), tape.gradient(loss_ref, ref.beta))]:
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    n = x.size // 6  # moving statistics: momentum 0.9, unbiased variance (PyTorch's convention)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
+    # inference uses the moving statistics
+    mm, mv = ours.moving_mean.numpy(), ours.moving_variance.numpy()
+    np.testing.assert_allclose(ours(xt, training=False).numpy(), (x - mm) / np.sqrt(mv + 1e-5) * gamma + beta,
+                               rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- distribution

@@ -47,7 +47,9 @@ def test_table_matches_the_result_files(results_dir):
         for i, fraction in enumerate((0.05, 0.2)):
             pooled = np.array([values[(method, fraction, k)][0] for k in range(3)])
             volume = np.array([values[(method, fraction, k)][1] for k in range(3)])
-            cell, vcell = rows[method][2 * i], rows[method][2 * i + 1]
+            hd = np.array([values[(method, fraction, k)][2] for k in range(3)])
+            cell, vcell, hcell = rows[method][3 * i : 3 * i + 3]
+            assert hcell == f"{hd.mean():.2f} ± {hd.std():.2f}"
             assert cell.startswith(f"{pooled.mean():.3f} ± {pooled.std():.3f}")
             assert f"({PAPER_HIPPOCAMPUS[method][fraction]:.3f})" in cell  # the paper's number beside ours
             assert vcell == f"{volume.mean():.3f} ± {volume.std():.3f}"
@@ -73,7 +75,7 @@ def test_no_paper_numbers_for_other_datasets(tmp_path):
     d.mkdir(parents=True)
     (d / "result.json").write_text(json.dumps(fake_result("random", 0.1, 0, 0.5, 0.5, 2.0, dataset="Phantom")))
     md = write_report(tmp_path)["markdown"].read_text()
-    assert re.search(r"\| random \| 0\.500 \| 0\.500 \| 0 \|", md)
+    assert re.search(r"\| random \| 0\.500 \| 0\.500 \| 2\.00 \| 0 \|", md)
 
 
 def test_empty_results_folder_is_a_clear_error(tmp_path):

@@ -154,6 +154,10 @@ def test_multi_worker_mirrored_strategy_two_workers_end_with_identical_weights(t
     differ = [k for k in w0.files if not np.array_equal(w0[k], w1[k])]
     assert not differ, f"the workers' weights differ: {differ}"
     assert any(not np.allclose(w0[k], init[k]) for k in w0.files if "kernel" in k)
-    # each worker checkpointed in its own folder
-    for i in range(2):
-        assert (tmp_path / f"worker{i}" / "checkpoints" / "checkpoint").is_file()
+    # one stage folder: worker 0 (the chief) alone wrote checkpoints, log and summaries;
+    # worker 1's scratch checkpoints are gone
+    assert [r["chief"] for r in results] == [True, False]
+    stage = tmp_path / "stage"
+    assert (stage / "checkpoints" / "checkpoint").is_file() and (stage / "train.log").is_file()
+    assert len(list((stage / "tb").iterdir())) == 1
+    assert sorted(p.name for p in stage.iterdir()) == ["checkpoints", "tb", "train.log"]

@@ -241,7 +241,7 @@ class TrainConfig:
     devices: int = 0  # 0: all visible GPUs (or one CPU); N>1 on CPU: N logical CPU devices
     # float32; mixed_float16 (GPUs, with loss scaling); mixed_bfloat16 (CPUs/TPUs). Losses stay float32.
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
-    deterministic: bool = False  # tf.data determinism + op determinism, for tests
+    deterministic: bool = False  # fixed tf.data order (CPU kernels are already deterministic), for tests
     seed: int = 0
 
     def validate(self) -> None:

@@ -80,8 +80,9 @@ def markdown_table(agg: dict[tuple[str, float], dict[str, Any]], paper: Optional
     fractions = sorted({f for _, f in agg})
     methods = [m for m in METHOD_ORDER if any(k[0] == m for k in agg)] + sorted(
         {m for m, _ in agg} - set(METHOD_ORDER))
-    head = "| method | " + " | ".join(f"{100 * f:g}%: pooled Dice (paper) | per-volume Dice" for f in fractions) + " | folds |"
-    lines = [head, "|---|" + "---|---|" * len(fractions) + "---|"]
+    head = "| method | " + " | ".join(
+        f"{100 * f:g}%: pooled Dice (paper) | per-volume Dice | HD95 mm" for f in fractions) + " | folds |"
+    lines = [head, "|---|" + "---|---|---|" * len(fractions) + "---|"]
     for m in methods:
         cells, folds = [], set()
         for f in fractions:
@@ -90,6 +91,7 @@ def markdown_table(agg: dict[tuple[str, float], dict[str, Any]], paper: Optional
             ref_txt = f" ({ref:.3f})" if ref is not None else ""
             cells.append((_fmt(s["pooled_dice"]) if s else "-") + ref_txt)
             cells.append(_fmt(s["volume_dice"]) if s else "-")
+            cells.append(_fmt(s["hd95_mm"], 2) if s else "-")
             if s:
                 folds.update(s["folds"])
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {','.join(map(str, sorted(folds)))} |")
@@ -143,8 +145,8 @@ def write_report(results_dir: Path, out_dir: Optional[Path] = None) -> dict[str,
     paper = PAPER_HIPPOCAMPUS if all(r.get("dataset", "").lower() == "hippocampus" for r in results) else None
     agg = aggregate(results)
     md = ["# Results", "", f"{len(results)} result files under `{results_dir}`. Cells: mean ± std over folds "
-          "of the test-set pooled Dice (the paper's metric; the paper's number in brackets) and of the mean "
-          "per-volume Dice at native resolution.", "", markdown_table(agg, paper), ""]
+          "of the test-set pooled Dice (the paper's metric; the paper's number in brackets), of the mean "
+          "per-volume Dice at native resolution and of the mean per-volume HD95 in mm.", "", markdown_table(agg, paper), ""]
     paths = {"markdown": out_dir / "report.md", "csv": out_dir / "results.csv", "plot": out_dir / "dice_vs_fraction.png"}
     atomic_write_text(paths["markdown"], "\n".join(md))
     atomic_write_text(paths["csv"], results_csv(results))

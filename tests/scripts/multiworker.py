@@ -5,7 +5,7 @@
 Sets TF_CONFIG for worker I of a cluster of workers on 127.0.0.1:P0 and 127.0.0.1:P1,
 makes the strategy with `make_strategy` (MultiWorkerMirroredStrategy because TF_CONFIG
 is set), fine-tunes a tiny U-Net for N steps on slices of a small phantom volume through
-`Trainer.fit` (stage folder DIR/worker<I>), then writes the weights to
+`Trainer.fit` (both in the stage folder DIR/stage, where only the chief writes), then writes the weights to
 DIR/worker<I>.npz (the initial ones to DIR/worker<I>_init.npz) and prints a line
 `RESULT {json}`.
 """
@@ -68,12 +68,12 @@ def main() -> None:
     })
     task = FinetuneTask(cfg, arrays, 3, num_replicas=strategy.num_replicas_in_sync)
     task.steps_per_epoch = args.steps  # the stage's own (augmenting) pipeline, sharded by the strategy
-    trainer = Trainer(task, task.stage, args.out / f"worker{args.index}", strategy, seed=0, progress=False)
+    trainer = Trainer(task, task.stage, args.out / "stage", strategy, seed=0, progress=False)
     save_weights_by_name(task.model, args.out / f"worker{args.index}_init.npz")
     result = trainer.fit()
     save_weights_by_name(task.model, args.out / f"worker{args.index}.npz")
     print("RESULT " + json.dumps({
-        "index": args.index, "replicas": strategy.num_replicas_in_sync, "steps": result.steps,
+        "index": args.index, "replicas": strategy.num_replicas_in_sync, "steps": result.steps, "chief": trainer.chief,
         "loss": result.last_loss, "iterations": int(trainer.optimizer.iterations.numpy()),
     }), flush=True)
 

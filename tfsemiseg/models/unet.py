@@ -39,6 +39,7 @@ import keras
 from tfsemiseg.config import ModelConfig
 from tfsemiseg.errors import ConfigError
 from tfsemiseg.models.heads import global_head, local_head, segmentation_head
+from tfsemiseg.models.layers import BatchNorm
 
 Stage = Literal["global", "local", "finetune"]
 STAGES: tuple[str, ...] = ("global", "local", "finetune")
@@ -164,11 +165,9 @@ def _upsample(x: keras.KerasTensor, cfg: ModelConfig, width: int, prefix: str) -
 
 def _norm(cfg: ModelConfig, name: str) -> keras.layers.Layer:
     if cfg.norm == "batch":
-        # synchronized=True: under tf.distribute the batch statistics are all-reduced
-        # over the replicas, so they are those of the global batch; a no-op otherwise.
-        return keras.layers.BatchNormalization(
-            momentum=_BN_MOMENTUM, epsilon=_NORM_EPSILON, synchronized=True, name=name
-        )
+        # Fused kernel on one replica; under tf.distribute the batch statistics are
+        # all-reduced over the replicas, so they are those of the global batch.
+        return BatchNorm(momentum=_BN_MOMENTUM, epsilon=_NORM_EPSILON, name=name)
     if cfg.norm == "instance":  # groups=-1: one group per channel
         return keras.layers.GroupNormalization(groups=-1, epsilon=_NORM_EPSILON, name=name)
     if cfg.norm == "group":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ import tensorflow as tf
 from tfsemiseg.config import StageConfig
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.io_utils import atomic_write_json, ensure_writable_dir
+from tfsemiseg.training.strategy import worker_role
 
 STAGE_DONE = "stage.json"
 
@@ -131,14 +133,15 @@ def stage_finished(stage_dir: Path) -> bool:
     return (Path(stage_dir) / STAGE_DONE).is_file()
 
 
-def _logger(stage_dir: Path, name: str) -> logging.Logger:
-    log = logging.getLogger(f"tfsemiseg.{stage_dir}")
+def _logger(stage_dir: Path, name: str, to_file: bool = True) -> logging.Logger:
+    log = logging.getLogger(f"tfsemiseg.{stage_dir}.{to_file}")
     log.setLevel(logging.INFO)
     log.propagate = False
     if not log.handlers:
-        fh = logging.FileHandler(stage_dir / "train.log")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(fh)
+        if to_file:
+            fh = logging.FileHandler(stage_dir / "train.log")
+            fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            log.addHandler(fh)
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(logging.Formatter(f"[{name}] %(message)s"))
         log.addHandler(sh)
@@ -160,9 +163,15 @@ class Trainer:
     ):
         self.task, self.cfg, self.strategy = task, cfg, strategy
         self.stage_dir = ensure_writable_dir(Path(stage_dir))
+        # Multi-worker: every worker restores from the chief's checkpoints and takes part
+        # in saving (it may involve collectives), but only the chief writes into the stage
+        # folder; the others save into a scratch folder removed after the stage.
+        self.chief, worker = worker_role(strategy)
+        self.scratch = None if self.chief else self.stage_dir / f".worker{worker}"
+        write_dir = self.stage_dir if self.chief else ensure_writable_dir(self.scratch)
         self.precision, self.seed = precision, seed
-        self.progress = sys.stderr.isatty() if progress is None else progress
-        self.log = _logger(self.stage_dir, task.name)
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.chief
+        self.log = _logger(self.stage_dir, task.name if self.chief else f"{task.name} worker {worker}", self.chief)
         self.total_steps = cfg.epochs * task.steps_per_epoch
         with strategy.scope():
             task.build()
@@ -183,10 +192,11 @@ class Trainer:
         self.ckpt = tf.train.Checkpoint(
             optimizer=self.optimizer, step=self.step, epoch=self.epoch, best_dice=self.best_dice, rng=self.rng, **items
         )
-        self.manager = tf.train.CheckpointManager(self.ckpt, str(self.stage_dir / "checkpoints"), max_to_keep=2)
+        self.manager = tf.train.CheckpointManager(self.ckpt, str(write_dir / "checkpoints"), max_to_keep=2)
         self.best_ckpt = tf.train.Checkpoint(**items)
-        self.best_manager = tf.train.CheckpointManager(self.best_ckpt, str(self.stage_dir / "best"), max_to_keep=1)
-        self.writer = tf.summary.create_file_writer(str(self.stage_dir / "tb"))
+        self.best_manager = tf.train.CheckpointManager(self.best_ckpt, str(write_dir / "best"), max_to_keep=1)
+        self.writer = (tf.summary.create_file_writer(str(self.stage_dir / "tb")) if self.chief
+                       else tf.summary.create_noop_writer())
         self._train_step = self._make_train_step()
 
     # ------------------------------------------------------------------ step
@@ -241,9 +251,10 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> FitResult:
         cfg, task = self.cfg, self.task
-        if self.manager.latest_checkpoint:
-            self.ckpt.restore(self.manager.latest_checkpoint)
-            self.log.info(f"resumed from {self.manager.latest_checkpoint} at step {int(self.step)}, epoch {int(self.epoch)}")
+        latest = tf.train.latest_checkpoint(str(self.stage_dir / "checkpoints"))  # the chief's
+        if latest:
+            self.ckpt.restore(latest)
+            self.log.info(f"resumed from {latest} at step {int(self.step)}, epoch {int(self.epoch)}")
         start_time = time.perf_counter()
         history: list[dict[str, float]] = []
         last_loss = float("nan")
@@ -261,7 +272,7 @@ class Trainer:
                 loss_v = float(loss)
                 step = int(self.step) + 1
                 if not math.isfinite(loss_v):
-                    good = self.manager.latest_checkpoint or "none"
+                    good = tf.train.latest_checkpoint(str(self.stage_dir / "checkpoints")) or "none"
                     raise TrainingError(
                         f"stage {task.name}: non-finite loss ({loss_v}) at step {step}; "
                         f"the last good checkpoint is kept: {good}"
@@ -277,7 +288,7 @@ class Trainer:
                 if step % 10 == 0 or i == task.steps_per_epoch - 1:
                     with self.writer.as_default(step=step):
                         tf.summary.scalar(f"{task.name}/loss", loss_v)
-                        tf.summary.scalar(f"{task.name}/learning_rate", self._lr_at(step))
+                        tf.summary.scalar(f"{task.name}/learning_rate", self._lr_at(self._updates()))
                         tf.summary.scalar(f"{task.name}/images_per_second", ips)
                 if bar:
                     bar.update(i + 1, [("loss", loss_v), ("img/s", ips)])
@@ -291,9 +302,13 @@ class Trainer:
             self.log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             self.manager.save(checkpoint_number=int(self.step))
         self.writer.flush()
-        if float(self.best_dice) >= 0 and self.best_manager.latest_checkpoint:
-            self.best_ckpt.restore(self.best_manager.latest_checkpoint).expect_partial()
+        # own best first (a non-chief's copy equals the chief's, which may still be written)
+        best = self.best_manager.latest_checkpoint or tf.train.latest_checkpoint(str(self.stage_dir / "best"))
+        if float(self.best_dice) >= 0 and best:
+            self.best_ckpt.restore(best).expect_partial()
             self.log.info(f"restored best checkpoint (validation Dice {float(self.best_dice):.4f})")
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
         return FitResult(
             stage=task.name,
             steps=int(self.step),
@@ -304,8 +319,13 @@ class Trainer:
             history=history,
         )
 
-    def _lr_at(self, step: int) -> float:
-        """The learning rate used by the update of `step` (schedules evaluated there)."""
+    def _updates(self) -> int:
+        """Updates applied so far (skipped steps do not count: the schedule follows these)."""
+        return int(tf.convert_to_tensor(self.optimizer.iterations))
+
+    def _lr_at(self, updates: int) -> float:
+        """The learning rate of the last of `updates` applied updates (schedules evaluated there)."""
+        step = max(updates, 1)
         schedule = self.optimizer.learning_rate if not callable(self._schedule) else self._schedule(step - 1)
         # convert_to_tensor: under a strategy the optimizer's variable is a MirroredVariable (no __float__)
         return float(tf.convert_to_tensor(schedule))

@@ -34,6 +34,7 @@ from tfsemiseg.models.unet import build_unet
 from tfsemiseg.training.engine import STAGE_DONE, Trainer, stage_finished, write_stage_done
 from tfsemiseg.training.baselines import LocalSelfTask, MixupTask, TCSMTask
 from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
+from tfsemiseg.training.strategy import worker_barrier, worker_role
 
 WEIGHTS = "weights.npz"
 RESULT = "result.json"
@@ -145,12 +146,14 @@ def run_method(
         if task.transfer is not None:
             echo(f"[{plan.stage}] initial weights from {task.transfer.path}: {task.transfer.summary()}")
         result = trainer.fit()
-        save_weights_by_name(task.model, folder / WEIGHTS)
-        write_stage_done(folder, result, {
-            "config_digest": digest, "method": method, "fold": fold, "fraction": fraction,
-            "split_digest": split.digest(), "init": task.transfer.summary() if task.transfer else "random",
-        })
-    if plans[-1].stage != "finetune":
+        if trainer.chief:  # multi-worker: the chief writes the stage's outputs ...
+            save_weights_by_name(task.model, folder / WEIGHTS)
+            write_stage_done(folder, result, {
+                "config_digest": digest, "method": method, "fold": fold, "fraction": fraction,
+                "split_digest": split.digest(), "init": task.transfer.summary() if task.transfer else "random",
+            })
+        worker_barrier(strategy)  # ... before any worker reads them
+    if plans[-1].stage != "finetune" or not worker_role(strategy)[0]:
         return None
     return evaluate_method(cfg, data, root, method, fraction, fold, echo)
 

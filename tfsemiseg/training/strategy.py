@@ -50,6 +50,28 @@ def make_strategy(devices: int = 0) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
+    """(is_chief, worker index) of this process; (True, 0) unless multi-worker.
+
+    The chief is the "chief" task when the cluster has one, else worker 0: it alone
+    writes checkpoints, logs, summaries and results where the run folder says.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True, 0
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    if task_type in (None, "chief"):
+        return True, task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return (task_type == "worker" and task_id == 0 and not has_chief), task_id
+
+
+def worker_barrier(strategy: tf.distribute.Strategy) -> None:
+    """Wait until every worker gets here (an all-reduce); a no-op unless multi-worker."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None).numpy()
+
+
 def replica_gather(x: tf.Tensor) -> tf.Tensor:
     """Concatenate `x` along axis 0 over all replicas (identity on one replica).
 
