@@ -251,7 +251,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> FitResult:
         cfg, task = self.cfg, self.task
-        latest = tf.train.latest_checkpoint(str(self.stage_dir / "checkpoints"))  # the chief's
+        latest = self._chief_checkpoint("checkpoints")
         if latest:
             self.ckpt.restore(latest)
             self.log.info(f"resumed from {latest} at step {int(self.step)}, epoch {int(self.epoch)}")
@@ -272,7 +272,7 @@ class Trainer:
                 loss_v = float(loss)
                 step = int(self.step) + 1
                 if not math.isfinite(loss_v):
-                    good = tf.train.latest_checkpoint(str(self.stage_dir / "checkpoints")) or "none"
+                    good = self._chief_checkpoint("checkpoints") or "none"
                     raise TrainingError(
                         f"stage {task.name}: non-finite loss ({loss_v}) at step {step}; "
                         f"the last good checkpoint is kept: {good}"
@@ -288,7 +288,7 @@ class Trainer:
                 if step % 10 == 0 or i == task.steps_per_epoch - 1:
                     with self.writer.as_default(step=step):
                         tf.summary.scalar(f"{task.name}/loss", loss_v)
-                        tf.summary.scalar(f"{task.name}/learning_rate", self._lr_at(self._updates()))
+                        tf.summary.scalar(f"{task.name}/learning_rate", self._current_lr())
                         tf.summary.scalar(f"{task.name}/images_per_second", ips)
                 if bar:
                     bar.update(i + 1, [("loss", loss_v), ("img/s", ips)])
@@ -303,7 +303,7 @@ class Trainer:
             self.manager.save(checkpoint_number=int(self.step))
         self.writer.flush()
         # own best first (a non-chief's copy equals the chief's, which may still be written)
-        best = self.best_manager.latest_checkpoint or tf.train.latest_checkpoint(str(self.stage_dir / "best"))
+        best = self.best_manager.latest_checkpoint or self._chief_checkpoint("best")
         if float(self.best_dice) >= 0 and best:
             self.best_ckpt.restore(best).expect_partial()
             self.log.info(f"restored best checkpoint (validation Dice {float(self.best_dice):.4f})")
@@ -319,15 +319,15 @@ class Trainer:
             history=history,
         )
 
-    def _updates(self) -> int:
-        """Updates applied so far (skipped steps do not count: the schedule follows these)."""
-        return int(tf.convert_to_tensor(self.optimizer.iterations))
+    def _chief_checkpoint(self, kind: str) -> Optional[str]:
+        """Latest checkpoint in the stage folder's `kind` ("checkpoints" / "best"), the chief's."""
+        return tf.train.latest_checkpoint(str(self.stage_dir / kind))
 
-    def _lr_at(self, updates: int) -> float:
-        """The learning rate of the last of `updates` applied updates (schedules evaluated there)."""
-        step = max(updates, 1)
-        schedule = self.optimizer.learning_rate if not callable(self._schedule) else self._schedule(step - 1)
-        # convert_to_tensor: under a strategy the optimizer's variable is a MirroredVariable (no __float__)
+    def _current_lr(self) -> float:
+        """The learning rate of the last applied update (skipped steps do not advance the schedule)."""
+        # convert_to_tensor: under a strategy these are MirroredVariables (no __int__/__float__)
+        updates = max(int(tf.convert_to_tensor(self.optimizer.iterations)), 1)
+        schedule = self.optimizer.learning_rate if not callable(self._schedule) else self._schedule(updates - 1)
         return float(tf.convert_to_tensor(schedule))
 
     def _validate(self, epoch: int) -> dict[str, float]:
