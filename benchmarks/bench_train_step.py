@@ -31,17 +31,17 @@ DEFAULT_CASES = [
 ]
 
 
-def child(args: argparse.Namespace) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(REPO_ROOT))
-    import resource
+def build_step(args: argparse.Namespace, tmp: Path):
+    """The Trainer's compiled step for `args.case` on synthetic data: (step, task).
 
+    `step()` runs one training step and returns its loss as a numpy value. Call before any
+    other TensorFlow work in the process (it fixes the logical devices).
+    """
     import numpy as np
 
     from tfsemiseg.training.strategy import make_strategy
 
-    devices = args.devices[0]
-    strategy = make_strategy(devices)  # before any other TF work
+    strategy = make_strategy(args.devices[0])
 
     from tfsemiseg.config import Config
     from tfsemiseg.data.prepared import TrainingArrays
@@ -66,21 +66,32 @@ def child(args: argparse.Namespace) -> dict:
     })
     kw = {"num_replicas": strategy.num_replicas_in_sync}
     task = {"global": GlobalTask, "local": LocalTask, "finetune": FinetuneTask}[stage](cfg, arrays, 3, **kw)
+    trainer = Trainer(task, getattr(cfg.train, key), tmp, strategy, progress=False)
+    iterator = iter(strategy.experimental_distribute_dataset(task.dataset(0)))
+    return (lambda: trainer._train_step(iterator)[0].numpy()), task
+
+
+def child(args: argparse.Namespace) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO_ROOT))
+    import resource
+
+    import numpy as np
+
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(task, getattr(cfg.train, key), Path(tmp), strategy, progress=False)
-        iterator = iter(strategy.experimental_distribute_dataset(task.dataset(0)))
+        step, task = build_step(args, Path(tmp))
         for _ in range(args.warmup):
-            trainer._train_step(iterator)[0].numpy()
+            step()
         # time the step alone: the input pipeline is measured by bench_pipeline.py
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            trainer._train_step(iterator)[0].numpy()
+            step()
             times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times))
     images_per_step = task.images_per_step
     params = sum(int(np.prod(v.shape)) for v in task.model.trainable_variables)
-    return {"case": args.case, "devices": devices, "ms": ms, "img_s": images_per_step / ms * 1000,
+    return {"case": args.case, "devices": args.devices[0], "ms": ms, "img_s": images_per_step / ms * 1000,
             "images_per_step": images_per_step, "params": params,
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
