@@ -113,6 +113,21 @@ def test_tcsm_teacher_is_an_ema_of_the_student(phantom_run):
     assert int(task.updates) == 1
 
 
+@pytest.mark.parametrize("rotate90", [True, False])
+def test_tcsm_transforms_rotate_only_when_asked(phantom_run, rotate90):
+    from tfsemiseg.data.prepared import training_arrays
+    from tfsemiseg.training.baselines import TCSMTask
+
+    cfg, data, _ = phantom_run
+    cfg = cfg.replace(**{"train.baselines.tcsm_rotate90": rotate90})
+    task = TCSMTask(cfg, training_arrays(data, data.split(0), 0.5), 3)
+    rng = tf.random.Generator.from_seed(3)
+    draws = [task.sample_transform(rng) for _ in range(200)]
+    ks = {int(k) for k, _ in draws}
+    assert ks == ({0, 1, 2, 3} if rotate90 else {0})
+    assert 60 < sum(bool(f) for _, f in draws) < 140  # flips about half the time either way
+
+
 def test_every_method_runs_and_writes_a_result(phantom_run):
     from tfsemiseg.training.methods import METHODS, RESULT, method_dir, run_method
     from tfsemiseg.training.strategy import make_strategy

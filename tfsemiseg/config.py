@@ -213,6 +213,7 @@ class BaselineConfig:
     tcsm_rampup_epochs: float = 40.0  # sigmoid ramp-up exp(-5 (1 - t)^2) over these epochs
     tcsm_noise_std: float = 0.05  # Gaussian noise on student and teacher inputs
     tcsm_unlabeled_batch_size: int = 8  # unlabeled slices per step beside the labeled batch
+    tcsm_rotate90: bool = True  # TCSM's transforms: flips and multiples of 90 degrees; false: flips only
     self_positions: int = 13  # global+local(self): 13 (or 9) points per map
 
     def validate(self) -> None:

@@ -55,7 +55,8 @@ class MixupTask(FinetuneTask):
 class TCSMTask(FinetuneTask):
     """Mean teacher with transformation consistency; the teacher is the stage's model.
 
-    Per step: a random flip + 90-degree rotation T and Gaussian input noise; the student
+    Per step: a random flip + 90-degree rotation T (the flip alone when
+    `tcsm_rotate90` is false) and Gaussian input noise; the student
     sees T(x + n1) for labeled and unlabeled slices, the teacher sees x + n2 and its
     softmax is transformed by T afterwards. Loss = supervised loss of the student on the
     labeled part (labels transformed by T) + w(t) * MSE(student softmax, teacher softmax)
@@ -106,12 +107,18 @@ class TCSMTask(FinetuneTask):
         epochs = tf.cast(self.updates, tf.float32) / float(self.steps_per_epoch)
         return self.settings.tcsm_consistency_weight * sigmoid_rampup(epochs, self.settings.tcsm_rampup_epochs)
 
+    def sample_transform(self, rng: tf.random.Generator) -> tuple[tf.Tensor, tf.Tensor]:
+        """T for one step: (k quarter turns in 0..3, or 0 without `tcsm_rotate90`; flip or not)."""
+        k = rng.uniform([], 0, 4, dtype=tf.int32)
+        if not self.settings.tcsm_rotate90:
+            k = tf.zeros_like(k)
+        return k, rng.uniform([]) < 0.5
+
     def loss(self, batch, rng):
         (x_l, y_l), x_u = batch
         n_l = tf.shape(x_l)[0]
         x = tf.concat([x_l, x_u], 0)
-        k = rng.uniform([], 0, 4, dtype=tf.int32)
-        flip = rng.uniform([]) < 0.5
+        k, flip = self.sample_transform(rng)
         std = self.settings.tcsm_noise_std
         noisy_s = x + std * rng.normal(tf.shape(x))
         noisy_t = x + std * rng.normal(tf.shape(x))
