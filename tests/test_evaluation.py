@@ -65,3 +65,55 @@ def test_to_native_resizes_probabilities_then_argmax():
     assert out.shape == (1, 8, 8)
     # bilinear blend is 0.5 exactly on the boundary rows/cols; argmax ties go to class 0
     assert (out[0, :3, :3] == 1).all() and (out[0, 5:, :] == 0).all() and (out[0, :, 5:] == 0).all()
+
+
+def _conv_model(size: int, k: int, seed: int = 0) -> keras.Model:
+    """A small random conv net: not mirror-symmetric, so mirroring changes its output."""
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((size, size, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    return keras.Model(x, keras.layers.Conv2D(k, 5, padding="same")(h))
+
+
+def test_mirroring_is_the_mean_of_flipped_predictions_in_numpy():
+    from tfsemiseg.evaluation import predict_probabilities
+
+    size, k = 12, 3
+    model = _conv_model(size, k)
+    images = np.random.default_rng(1).random((5, size, size), np.float32)
+
+    def softmax_np(im):  # numpy softmax of the model's logits for [S, H, W] images
+        z = np.asarray(model(im[..., None]), np.float64)
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    expected = np.mean([np.flip(softmax_np(np.flip(images, ax)), ax) if ax else softmax_np(images)
+                        for ax in ((), (1,), (2,), (1, 2))], axis=0)
+    got = predict_probabilities(model, images, batch_size=2, mirror=True)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    plain = predict_probabilities(model, images, mirror=False)
+    assert np.abs(plain - expected).max() > 1e-3  # mirroring did change the prediction
+    # the mirrored prediction of a flipped slice is the flipped mirrored prediction
+    flipped = predict_probabilities(model, np.flip(images, 2).copy(), mirror=True)
+    np.testing.assert_allclose(flipped, np.flip(got, 2), atol=1e-6)
+
+
+def test_evaluate_volumes_passes_mirroring_through():
+    k, size = 3, 16
+    model = _conv_model(size, k, seed=2)
+    native = np.zeros((4, 16, 16), np.uint8)
+    native[:, 3:9, 2:7] = 1
+    native[:, 9:13, 2:7] = 2
+    vol = make_volume("v", native, size, k)
+    vol.image[:] = np.random.default_rng(3).random(vol.image.shape)
+    from tfsemiseg.evaluation import predict_probabilities
+    from tfsemiseg.metrics.dice import PooledDice
+
+    scores = []
+    for mirror in (False, True):
+        metric = PooledDice(k)
+        metric.update(predict_probabilities(model, vol.image, mirror=mirror).argmax(-1), vol.label)
+        report = evaluate_volumes(model, [vol], ["bg", "a", "b"], mirror=mirror)
+        scores.append(report["pooled_dice"]["per_class"])
+        assert scores[-1] == [float(v) for v in metric.result()["per_class"]]
+    assert scores[0] != scores[1]  # the two settings predict differently here

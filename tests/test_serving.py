@@ -168,3 +168,35 @@ def test_export_refuses_to_overwrite_and_leaves_no_temp(trained_run, tmp_path):
     res = CliRunner().invoke(cli, ["export", str(tmp_path), "--to", str(tmp_path / "x")])
     assert res.exit_code != 0 and "not a finished run" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_export_with_mirroring_serves_the_mirrored_prediction(trained_run, tmp_path):
+    import tensorflow as tf
+
+    from tfsemiseg.config import from_dict
+    from tfsemiseg.evaluation import predict_volume
+    from tfsemiseg.models.transfer import load_weights_by_name
+    from tfsemiseg.models.unet import build_unet
+    from tfsemiseg.serving.export import export_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run["run_dir"], run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    cfg = from_dict(result["config"]).replace(**{"evaluation.mirror": True})
+    result["config"] = cfg.to_dict()
+    (run_dir / "result.json").write_text(json.dumps(result))
+    model_dir = export_run(run_dir, tmp_path / "mirrored")
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["test_time_mirroring"] is True
+    assert "Test-time mirroring" in (model_dir / "MODEL_CARD.md").read_text()
+    assert "Test-time mirroring" not in (trained_run["model_dir"] / "MODEL_CARD.md").read_text()
+
+    volume = np.asarray(nib.load(str(REAL_DATA / "imagesTr" / "hippocampus_001.nii.gz")).dataobj, np.float32)
+    slices = np.moveaxis(volume, 2, 0)
+    served = tf.saved_model.load(str(model_dir)).signatures["serving_default"](slices=tf.constant(slices))
+    unet = build_unet(cfg.model, cfg.data.image_size, 3)
+    load_weights_by_name(unet.segmenter, run_dir / "finetune" / "weights.npz", require=("encoder",))
+    mirrored, _ = predict_volume(unet.segmenter, slices, cfg.data.image_size, mirror=True)
+    plain, _ = predict_volume(unet.segmenter, slices, cfg.data.image_size, mirror=False)
+    np.testing.assert_allclose(served["probabilities"].numpy(), mirrored, atol=1e-5)
+    assert np.abs(mirrored - plain).max() > 1e-3

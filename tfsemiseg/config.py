@@ -255,6 +255,19 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How evaluation and exported models predict a slice."""
+
+    # Test-time mirroring (nnU-Net's default): the softmax averaged over the slice and its
+    # flips along each in-plane axis and both (4 passes). Validation during training stays
+    # a single pass.
+    mirror: bool = False
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
 class DownloadSource:
     """Where `download TASK` fetches an archive from, and its checksum ("md5:HEX" or "sha256:HEX")."""
 
@@ -291,10 +304,11 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     downloads: dict[str, DownloadSource] = field(default_factory=_default_downloads)
 
     def validate(self) -> None:
-        for section in ("data", "split", "augment", "model", "train"):
+        for section in ("data", "split", "augment", "model", "train", "evaluation"):
             try:
                 getattr(self, section).validate()
             except ConfigError as exc:

@@ -1,4 +1,7 @@
-"""Evaluation of a segmenter on whole volumes (no test-time augmentation).
+"""Evaluation of a segmenter on whole volumes.
+
+Optional test-time mirroring (`evaluation.mirror`): the softmax averaged over each slice
+and its flips along H, W and both, every flipped prediction flipped back.
 
 Three views of the same predictions:
 - paper-compatible Dice: intersections and sums pooled over all slices of all volumes
@@ -29,23 +32,41 @@ _PALETTE = np.array(
     np.float32,
 ) / 255.0
 
-_PREDICTORS: "weakref.WeakKeyDictionary[keras.Model, Any]" = weakref.WeakKeyDictionary()
+_PREDICTORS: "weakref.WeakKeyDictionary[keras.Model, dict[bool, Any]]" = weakref.WeakKeyDictionary()
+_MIRROR_AXES = ([], [1], [2], [1, 2])
 
 
-def _predictor(model: keras.Model):
-    """One compiled softmax predictor per model, dropped with the model."""
-    if model not in _PREDICTORS:
+def softmax_probabilities(model: keras.Model, x: tf.Tensor, mirror: bool = False) -> tf.Tensor:
+    """Softmax of `model` on images x [B, H, W, 1] -> float32 [B, H, W, K].
+
+    With `mirror`, the mean of softmax(model(flip_a(x))) flipped back by flip_a over the
+    four flips a in (none, H, W, H and W), computed as one batch of 4B images.
+    """
+    if not mirror:
+        return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+    views = tf.concat([tf.reverse(x, axes) if axes else x for axes in _MIRROR_AXES], 0)
+    probs = tf.split(tf.nn.softmax(tf.cast(model(views, training=False), tf.float32), axis=-1), 4, 0)
+    return tf.add_n([tf.reverse(p, axes) if axes else p for p, axes in zip(probs, _MIRROR_AXES)]) / 4.0
+
+
+def _predictor(model: keras.Model, mirror: bool):
+    """One compiled softmax predictor per model and mirror setting, dropped with the model."""
+    cache = _PREDICTORS.setdefault(model, {})
+    if mirror not in cache:
         @tf.function(reduce_retracing=True)
         def predict(x):
-            return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+            return softmax_probabilities(model, x, mirror)
 
-        _PREDICTORS[model] = predict
-    return _PREDICTORS[model]
+        cache[mirror] = predict
+    return cache[mirror]
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities [S, H, W, K] for slices [S, H, W] at model resolution."""
-    predict = _predictor(model)
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, batch_size: int = 64, mirror: bool = False
+) -> np.ndarray:
+    """Softmax probabilities [S, H, W, K] for slices [S, H, W] at model resolution
+    (`mirror`: test-time mirroring, see `softmax_probabilities`)."""
+    predict = _predictor(model, mirror)
     out = [predict(tf.constant(images[i : i + batch_size, :, :, None])).numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(out, 0)
 
@@ -57,7 +78,9 @@ def to_native(probabilities: np.ndarray, native_shape: Sequence[int]) -> np.ndar
     return tf.argmax(resized, axis=-1, output_type=tf.int32).numpy().astype(np.uint8)
 
 
-def predict_volume(model: keras.Model, slices: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def predict_volume(
+    model: keras.Model, slices: np.ndarray, image_size: int, mirror: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The library's own whole-volume prediction, as the exported model does it.
 
     slices: raw intensities [N, H, W]. Returns probabilities float32 [N, H, W, K] (min-max
@@ -67,7 +90,8 @@ def predict_volume(model: keras.Model, slices: np.ndarray, image_size: int) -> t
     from tfsemiseg.data.preprocess import minmax_normalise, resize_slices
 
     x = resize_slices(minmax_normalise(slices.astype(np.float32)), image_size, "bilinear")
-    probs = tf.image.resize(predict_probabilities(model, x), slices.shape[1:3], method="bilinear").numpy()
+    probs = predict_probabilities(model, x, mirror=mirror)
+    probs = tf.image.resize(probs, slices.shape[1:3], method="bilinear").numpy()
     return probs, probs.argmax(-1).astype(np.int32)
 
 
@@ -88,14 +112,14 @@ def pooled_dice_of(
 
 
 def evaluate_volumes(
-    model: keras.Model, volumes: Sequence[SliceVolume], class_names: Sequence[str]
+    model: keras.Model, volumes: Sequence[SliceVolume], class_names: Sequence[str], mirror: bool = False
 ) -> dict[str, Any]:
     """Every metric of the module docstring, as a JSON-ready dict."""
     k = len(class_names)
     pooled = PooledDice(k)
     per_volume, hd95, cases = [], [], []
     for vol in volumes:
-        probs = predict_probabilities(model, vol.image)
+        probs = predict_probabilities(model, vol.image, mirror=mirror)
         pooled.update(probs.argmax(-1), vol.label)
         native_pred = to_native(probs, vol.native_shape)
         dice = dice_per_class(native_pred, vol.native_label, k)

@@ -3,7 +3,8 @@
 Signature `serving_default`: input `slices` float32 [N, H, W] (the raw-intensity slices of
 one volume along the model's slicing axis, any H and W). Inside the graph: per-volume
 min-max normalisation (as in training), bilinear resize to the model size, the U-Net,
-softmax, probabilities resized back to H x W (bilinear), argmax. Outputs `probabilities`
+softmax (averaged over the 4 mirror images when the run's `evaluation.mirror` is true),
+probabilities resized back to H x W (bilinear), argmax. Outputs `probabilities`
 float32 [N, H, W, K] and `labels` int32 [N, H, W]. `metadata.json` lies beside it.
 """
 
@@ -19,6 +20,7 @@ import tensorflow as tf
 import tfsemiseg
 from tfsemiseg.config import from_dict
 from tfsemiseg.errors import TfSemisegError
+from tfsemiseg.evaluation import softmax_probabilities
 from tfsemiseg.io_utils import atomic_dir, read_json
 from tfsemiseg.models.transfer import load_weights_by_name
 from tfsemiseg.models.unet import build_unet
@@ -27,7 +29,7 @@ from tfsemiseg.serving.model_card import model_card
 METADATA = "metadata.json"
 
 
-def serving_function(segmenter: keras.Model, image_size: int):
+def serving_function(segmenter: keras.Model, image_size: int, mirror: bool = False):
     """The whole-volume prediction graph around `segmenter` (see the module docstring)."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="slices")])
@@ -36,7 +38,7 @@ def serving_function(segmenter: keras.Model, image_size: int):
         x = tf.math.divide_no_nan(slices - lo, hi - lo)
         height, width = tf.shape(slices)[1], tf.shape(slices)[2]
         x = tf.image.resize(x[..., None], (image_size, image_size), method="bilinear")
-        probs = tf.nn.softmax(tf.cast(segmenter(x, training=False), tf.float32), axis=-1)
+        probs = softmax_probabilities(segmenter, x, mirror)
         probs = tf.image.resize(probs, tf.stack([height, width]), method="bilinear")
         labels = tf.argmax(probs, axis=-1, output_type=tf.int32)
         return {"probabilities": tf.identity(probs, name="probabilities"), "labels": tf.identity(labels, name="labels")}
@@ -65,12 +67,15 @@ def export_run(run_dir: Path, dest: Path, overwrite: bool = False) -> Path:
     load_weights_by_name(unet.segmenter, weights, require=("encoder", "decoder", "seg_head"))
     archive = keras.export.ExportArchive()
     archive.track(unet.segmenter)
-    archive.add_endpoint(name="serving_default", fn=serving_function(unet.segmenter, cfg.data.image_size))
+    archive.add_endpoint(
+        name="serving_default", fn=serving_function(unet.segmenter, cfg.data.image_size, cfg.evaluation.mirror)
+    )
     metadata = {
         "class_names": class_names,
         "slice_axis": cfg.data.slice_axis % 3,
         "channel": cfg.data.channel,
         "image_size": cfg.data.image_size,
+        "test_time_mirroring": cfg.evaluation.mirror,
         "dataset": result.get("dataset"),
         "method": result["method"],
         "fold": result["fold"],

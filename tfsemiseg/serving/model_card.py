@@ -28,6 +28,9 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
     licence = ("CC-BY-SA 4.0 (Medical Segmentation Decathlon, Task04 Hippocampus, Vanderbilt University Medical "
                "Center); cite Simpson et al. 2019 (arXiv:1902.09063) and Antonelli et al. 2022 (Nat. Commun. 13, 4128)"
                if (meta.get("dataset") or "").lower() == "hippocampus" else "see the training data's own licence")
+    mirror = ("\n- Test-time mirroring (inside the model, and in the metrics below): the softmax is averaged over"
+              "\n  each slice and its flips along either in-plane axis and both."
+              if meta.get("test_time_mirroring") else "")
     return f"""# {name}
 
 2D U-Net ({model['depth']} levels, base width {model['base_width']}, {model['norm']} normalisation) segmenting
@@ -41,7 +44,7 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
   {cfg['split']['seed']}); labeled fraction {meta['labeled_fraction']:g} of the train volumes
   ({meta['labeled_volumes']} volumes with labels); method `{meta['method']}`.
 - Preprocessing (inside the model): per-volume min-max to [0, 1], bilinear resize to the model size;
-  probabilities resized back bilinearly.
+  probabilities resized back bilinearly.{mirror}
 
 ## Test-set metrics ({m.get('num_volumes', 'n/a')} volumes of the split's test part)
 Pooled Dice is the paper's metric (intersections and sums pooled over all test slices at model

@@ -172,7 +172,8 @@ def evaluate_method(
     unet = build_unet(cfg.model, cfg.data.image_size, len(data.class_names))
     load_weights_by_name(unet.segmenter, weights, require=("encoder", "decoder", "seg_head"))
     start = time.perf_counter()
-    report = evaluate_volumes(unet.segmenter, evaluation_volumes(data, split, part), data.class_names)
+    report = evaluate_volumes(unet.segmenter, evaluation_volumes(data, split, part), data.class_names,
+                              mirror=cfg.evaluation.mirror)
     stages = {}
     for plan in METHODS[method]:
         info = read_json(stage_dir(root, method, fraction, fold, plan.stage) / STAGE_DONE)
