@@ -71,6 +71,14 @@ def build_step(args: argparse.Namespace, tmp: Path):
     return (lambda: trainer._train_step(iterator)[0].numpy()), task
 
 
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `build_step` reads besides the case and devices."""
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--local-mode", default="stride", choices=["stride", "block", "full"])
+    p.add_argument("--head-dim", type=int, default=128, help="local head output (reference: 128)")
+    p.add_argument("--warmup", type=int, default=3)
+
+
 def child(args: argparse.Namespace) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(REPO_ROOT))
@@ -100,10 +108,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="stage:depth:width:batch")
     p.add_argument("--devices", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--local-mode", default="stride", choices=["stride", "block", "full"])
-    p.add_argument("--head-dim", type=int, default=128, help="local head output (reference: 128)")
-    p.add_argument("--warmup", type=int, default=3)
+    add_step_arguments(p)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
