@@ -40,7 +40,7 @@ def results_dir(tmp_path):
 def test_table_matches_the_result_files(results_dir):
     root, values = results_dir
     paths = write_report(root)
-    md = paths["markdown"].read_text()
+    md = paths["markdown"].read_text().split("## Fold ")[0]  # the mean over folds; per-fold tables follow
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in md.splitlines() if line.startswith("| random") or line.startswith("| global+local-block")}
     for method in ("random", "global+local-block"):
@@ -81,3 +81,20 @@ def test_no_paper_numbers_for_other_datasets(tmp_path):
 def test_empty_results_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TfSemisegError, match="no result.json found"):
         write_report(tmp_path)
+
+
+def test_partial_folds_are_named_per_fraction_and_each_fold_has_its_table(tmp_path):
+    # fold 1 finished 5% only: the mean row must say which folds each fraction averages
+    cells = {("random", 0.05, 0): 0.70, ("random", 0.05, 1): 0.80, ("random", 0.1, 0): 0.75}
+    for (method, fraction, fold), pooled in cells.items():
+        d = tmp_path / f"fold{fold}" / f"frac{fraction:g}" / method
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps(fake_result(method, fraction, fold, pooled, pooled, 2.0)))
+    md = write_report(tmp_path)["markdown"].read_text()
+    tables = md.split("## Fold ")
+    assert [t.split("\n", 1)[0] for t in tables[1:]] == ["0", "1"]
+    mean_row = next(line for line in tables[0].splitlines() if line.startswith("| random"))
+    assert mean_row.split("|")[2].strip().startswith(f"{0.75:.3f} ± {0.05:.3f}")
+    assert mean_row.split("|")[-2].strip() == "5%: 0,1; 10%: 0"
+    fold1_row = next(line for line in tables[2].splitlines() if line.startswith("| random"))
+    assert fold1_row.split("|")[2].strip().startswith("0.800") and fold1_row.split("|")[-2].strip() == "1"

@@ -84,7 +84,7 @@ def markdown_table(agg: dict[tuple[str, float], dict[str, Any]], paper: Optional
         f"{100 * f:g}%: pooled Dice (paper) | per-volume Dice | HD95 mm" for f in fractions) + " | folds |"
     lines = [head, "|---|" + "---|---|---|" * len(fractions) + "---|"]
     for m in methods:
-        cells, folds = [], set()
+        cells, folds = [], {}
         for f in fractions:
             s = agg.get((m, f))
             ref = (paper or {}).get(m, {}).get(f)
@@ -93,9 +93,16 @@ def markdown_table(agg: dict[tuple[str, float], dict[str, Any]], paper: Optional
             cells.append(_fmt(s["volume_dice"]) if s else "-")
             cells.append(_fmt(s["hd95_mm"], 2) if s else "-")
             if s:
-                folds.update(s["folds"])
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {','.join(map(str, sorted(folds)))} |")
+                folds[f] = ",".join(map(str, s["folds"]))
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_folds_text(folds)} |")
     return "\n".join(lines)
+
+
+def _folds_text(folds: dict[float, str]) -> str:
+    """'0,1' when every fraction of a row has the same folds, else '5%: 0,1; 10%: 0'."""
+    if len(set(folds.values())) <= 1:
+        return next(iter(folds.values()), "")
+    return "; ".join(f"{100 * f:g}%: {v}" for f, v in sorted(folds.items()))
 
 
 def results_csv(results: list[dict[str, Any]]) -> str:
@@ -146,7 +153,12 @@ def write_report(results_dir: Path, out_dir: Optional[Path] = None) -> dict[str,
     agg = aggregate(results)
     md = ["# Results", "", f"{len(results)} result files under `{results_dir}`. Cells: mean ± std over folds "
           "of the test-set pooled Dice (the paper's metric; the paper's number in brackets), of the mean "
-          "per-volume Dice at native resolution and of the mean per-volume HD95 in mm.", "", markdown_table(agg, paper), ""]
+          "per-volume Dice at native resolution and of the mean per-volume HD95 in mm. The last column "
+          "says which folds each cell averages.", "", markdown_table(agg, paper), ""]
+    folds = sorted({r["fold"] for r in results})
+    if len(folds) > 1:  # nnU-Net style: each fold on its own as well
+        for k in folds:
+            md += [f"## Fold {k}", "", markdown_table(aggregate([r for r in results if r["fold"] == k]), paper), ""]
     paths = {"markdown": out_dir / "report.md", "csv": out_dir / "results.csv", "plot": out_dir / "dice_vs_fraction.png"}
     atomic_write_text(paths["markdown"], "\n".join(md))
     atomic_write_text(paths["csv"], results_csv(results))
