@@ -273,7 +273,8 @@ def experiment(config_path, overrides, data_dir, out, methods, fractions, folds)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to write (default: RESULTS_DIR).")
 @friendly_errors
 def report(results_dir: Path, out: Optional[Path]) -> None:
-    """Table 1-style Markdown (mean ± std over folds, paper numbers beside), CSV, and a Dice plot."""
+    """Table 1-style Markdown (mean ± std over folds, paper numbers beside, each method against
+    random init volume by volume), CSV, and a Dice plot."""
     from tfsemiseg.reporting import write_report
 
     for kind, path in write_report(results_dir, out).items():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tfsemiseg.errors import TfSemisegError
-from tfsemiseg.reporting import PAPER_HIPPOCAMPUS, write_report
+from tfsemiseg.reporting import PAPER_HIPPOCAMPUS, paired_differences, write_report
 
 
 def fake_result(method, fraction, fold, pooled, volume, hd, dataset="Hippocampus"):
@@ -98,3 +98,55 @@ def test_partial_folds_are_named_per_fraction_and_each_fold_has_its_table(tmp_pa
     assert mean_row.split("|")[-2].strip() == "5%: 0,1; 10%: 0"
     fold1_row = next(line for line in tables[2].splitlines() if line.startswith("| random"))
     assert fold1_row.split("|")[2].strip().startswith("0.800") and fold1_row.split("|")[-2].strip() == "1"
+
+
+def with_cases(result, case_dice):
+    """`result` with per-case metrics: case_dice maps case id -> [Dice per class]."""
+    result["metrics"]["cases"] = [{"case": c, "dice": d, "hd95": [1.0] * len(d)} for c, d in case_dice.items()]
+    return result
+
+
+def test_paired_differences_against_numpy():
+    rng = np.random.default_rng(1)
+    results, expected = [], []
+    for fold in (0, 1):
+        cases = [f"case_{fold}_{i:03d}" for i in range(100)]
+        ref = {c: rng.uniform(0.5, 0.9, size=2).tolist() for c in cases}
+        shift = rng.normal(0.02, 0.05, size=(100, 2))
+        other = {c: (np.array(ref[c]) + shift[i]).tolist() for i, c in enumerate(cases)}
+        other[cases[0]] = [None, other[cases[0]][1]]  # a class absent from one volume: scored on the other
+        ours = {c: float(np.mean([v for v in other[c] if v is not None])) for c in cases}
+        expected += [ours[c] - float(np.mean(ref[c])) for c in cases]
+        results.append(with_cases(fake_result("random", 0.1, fold, 0.7, 0.7, 2.0), ref))
+        # one volume the reference lacks (e.g. an interrupted evaluation) is left out of the pairs
+        results.append(with_cases(fake_result("global", 0.1, fold, 0.7, 0.7, 2.0), {**other, "extra": [0.1, 0.1]}))
+    d = paired_differences(results)[("global", 0.1)]
+    expected = np.array(expected)
+    assert d["pairs"] == 200 and d["folds"] == [0, 1]
+    assert d["mean"] == pytest.approx(expected.mean(), abs=1e-12)
+    assert d["wins"] == int((expected > 0).sum())
+    # the bootstrap interval agrees with the normal approximation of the mean's spread
+    se = expected.std(ddof=1) / np.sqrt(len(expected))
+    lo, hi = d["ci95"]
+    assert lo < expected.mean() < hi
+    assert lo == pytest.approx(expected.mean() - 1.96 * se, abs=0.15 * se)
+    assert hi == pytest.approx(expected.mean() + 1.96 * se, abs=0.15 * se)
+
+
+def test_paired_section_in_report(tmp_path):
+    for method, offset in (("random", 0.0), ("global+local-block", 0.05)):
+        d = tmp_path / "fold0" / "frac0.05" / method
+        d.mkdir(parents=True)
+        cases = {f"c{i}": [0.6 + 0.01 * i + offset, 0.7 + offset] for i in range(10)}
+        (d / "result.json").write_text(json.dumps(with_cases(fake_result(method, 0.05, 0, 0.7, 0.7, 2.0), cases)))
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert "## Against random init" in md
+    assert re.search(r"\| global\+local-block \| \+0\.050 \[\+0\.050, \+0\.050\] \| 10/10 \|", md)
+
+
+def test_paired_differences_refuse_different_splits():
+    ref = with_cases(fake_result("random", 0.05, 2, 0.7, 0.7, 2.0), {"a": [0.5, 0.5]})
+    other = with_cases(fake_result("global", 0.05, 2, 0.7, 0.7, 2.0), {"a": [0.6, 0.6]})
+    other["split_digest"] = "another"
+    with pytest.raises(TfSemisegError, match="fold 2, 5%: global and random were evaluated on different splits"):
+        paired_differences([ref, other])

@@ -1,5 +1,6 @@
 """The experiment grid's report: a Markdown table laid out like the paper's Table 1, a CSV
-of every cell, and a plot of Dice against labeled fraction per method."""
+of every cell, a plot of Dice against labeled fraction per method, and a paired comparison of
+every method with random init on the same test volumes."""
 
 from __future__ import annotations
 
@@ -145,6 +146,76 @@ def plot(agg: dict[tuple[str, float], dict[str, Any]], path: Path, paper: Option
     plt.close(fig)
 
 
+def _case_dice(result: dict[str, Any]) -> dict[str, float]:
+    """case id -> Dice averaged over the classes scored in that volume."""
+    out = {}
+    for case in result.get("metrics", {}).get("cases", []):
+        vals = [v for v in case.get("dice", []) if v is not None]
+        if vals:
+            out[case["case"]] = float(np.mean(vals))
+    return out
+
+
+def bootstrap_ci(diffs: np.ndarray, level: float = 0.95, resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `diffs` (shape [n]), resampling its entries."""
+    diffs = np.asarray(diffs, float)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_differences(results: list[dict[str, Any]], reference: str = "random") -> dict[tuple[str, float], dict[str, Any]]:
+    """(method, fraction) -> per-volume Dice of `method` minus `reference` on the same test volumes.
+
+    Volumes are paired by (fold, case): both runs of a fold must share its split (same
+    split_digest), else the pairing would be meaningless and this raises. Returns the mean
+    difference, its 95% bootstrap interval over the pairs, the number of pairs, how many the
+    method wins, and the folds used. Results without per-case metrics are left out.
+    """
+    by_cell: dict[tuple[str, float, int], dict[str, Any]] = {}
+    for r in results:
+        by_cell[(r["method"], float(r["fraction"]), int(r["fold"]))] = r
+    pairs: dict[tuple[str, float], list[tuple[int, float]]] = defaultdict(list)
+    for (method, fraction, fold), r in sorted(by_cell.items()):
+        ref = by_cell.get((reference, fraction, fold))
+        if method == reference or ref is None:
+            continue
+        if r.get("split_digest") != ref.get("split_digest"):
+            raise TfSemisegError(
+                f"fold {fold}, {100 * fraction:g}%: {method} and {reference} were evaluated on different splits "
+                f"(split_digest {r.get('split_digest')} vs {ref.get('split_digest')}); re-run one of them on the same splits")
+        a, b = _case_dice(r), _case_dice(ref)
+        pairs[(method, fraction)] += [(fold, a[c] - b[c]) for c in sorted(a.keys() & b.keys())]
+    out = {}
+    for key, fd in pairs.items():
+        if not fd:
+            continue
+        diffs = np.array([d for _, d in fd])
+        out[key] = {"mean": float(diffs.mean()), "ci95": bootstrap_ci(diffs), "pairs": len(diffs),
+                    "wins": int((diffs > 0).sum()), "folds": sorted({f for f, _ in fd})}
+    return out
+
+
+def paired_table(diffs: dict[tuple[str, float], dict[str, Any]]) -> str:
+    fractions = sorted({f for _, f in diffs})
+    methods = [m for m in METHOD_ORDER if any(k[0] == m for k in diffs)] + sorted(
+        {m for m, _ in diffs} - set(METHOD_ORDER))
+    lines = ["| method | " + " | ".join(f"{100 * f:g}%: difference [95% CI] | wins" for f in fractions) + " |",
+             "|---|" + "---|---|" * len(fractions)]
+    for m in methods:
+        cells = []
+        for f in fractions:
+            d = diffs.get((m, f))
+            if d is None:
+                cells += ["-", "-"]
+                continue
+            lo, hi = d["ci95"]
+            cells += [f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]", f"{d['wins']}/{d['pairs']}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(results_dir: Path, out_dir: Optional[Path] = None) -> dict[str, Path]:
     """report.md, results.csv and dice_vs_fraction.png in `out_dir` (default: results_dir)."""
     results = load_results(results_dir)
@@ -155,6 +226,15 @@ def write_report(results_dir: Path, out_dir: Optional[Path] = None) -> dict[str,
           "of the test-set pooled Dice (the paper's metric; the paper's number in brackets), of the mean "
           "per-volume Dice at native resolution and of the mean per-volume HD95 in mm. The last column "
           "says which folds each cell averages.", "", markdown_table(agg, paper), ""]
+    diffs = paired_differences(results)
+    if diffs:
+        md += ["## Against random init, volume by volume", "",
+               "Per-volume Dice (mean over classes) minus random init's on the same test volume of the "
+               "same fold, over every fold both have run; 95% percentile bootstrap interval over the "
+               "volume pairs (10,000 resamples); wins: volumes where the method scores higher. The "
+               "interval covers only which volumes were tested, not the run-to-run spread of training "
+               "(the fold tables show that one is often larger), and a volume can sit in the test set "
+               "of more than one fold.", "", paired_table(diffs), ""]
     folds = sorted({r["fold"] for r in results})
     if len(folds) > 1:  # nnU-Net style: each fold on its own as well
         for k in folds:
