@@ -77,10 +77,15 @@ def _fmt(stat: Optional[tuple[float, float]], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
+def _ordered_methods(keys) -> list[str]:
+    """The methods of (method, fraction) keys: Table 1's order, then any others sorted."""
+    present = {m for m, _ in keys}
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+
+
 def markdown_table(agg: dict[tuple[str, float], dict[str, Any]], paper: Optional[dict] = None) -> str:
     fractions = sorted({f for _, f in agg})
-    methods = [m for m in METHOD_ORDER if any(k[0] == m for k in agg)] + sorted(
-        {m for m, _ in agg} - set(METHOD_ORDER))
+    methods = _ordered_methods(agg)
     head = "| method | " + " | ".join(
         f"{100 * f:g}%: pooled Dice (paper) | per-volume Dice | HD95 mm" for f in fractions) + " | folds |"
     lines = [head, "|---|" + "---|---|---|" * len(fractions) + "---|"]
@@ -173,10 +178,9 @@ def paired_differences(results: list[dict[str, Any]], reference: str = "random")
     difference, its 95% bootstrap interval over the pairs, the number of pairs, how many the
     method wins, and the folds used. Results without per-case metrics are left out.
     """
-    by_cell: dict[tuple[str, float, int], dict[str, Any]] = {}
-    for r in results:
-        by_cell[(r["method"], float(r["fraction"]), int(r["fold"]))] = r
-    pairs: dict[tuple[str, float], list[tuple[int, float]]] = defaultdict(list)
+    by_cell = {(r["method"], float(r["fraction"]), int(r["fold"])): r for r in results}
+    diffs: dict[tuple[str, float], list[float]] = defaultdict(list)
+    folds: dict[tuple[str, float], set[int]] = defaultdict(set)
     for (method, fraction, fold), r in sorted(by_cell.items()):
         ref = by_cell.get((reference, fraction, fold))
         if method == reference or ref is None:
@@ -186,21 +190,21 @@ def paired_differences(results: list[dict[str, Any]], reference: str = "random")
                 f"fold {fold}, {100 * fraction:g}%: {method} and {reference} were evaluated on different splits "
                 f"(split_digest {r.get('split_digest')} vs {ref.get('split_digest')}); re-run one of them on the same splits")
         a, b = _case_dice(r), _case_dice(ref)
-        pairs[(method, fraction)] += [(fold, a[c] - b[c]) for c in sorted(a.keys() & b.keys())]
+        common = sorted(a.keys() & b.keys())
+        if common:
+            diffs[(method, fraction)] += [a[c] - b[c] for c in common]
+            folds[(method, fraction)].add(fold)
     out = {}
-    for key, fd in pairs.items():
-        if not fd:
-            continue
-        diffs = np.array([d for _, d in fd])
-        out[key] = {"mean": float(diffs.mean()), "ci95": bootstrap_ci(diffs), "pairs": len(diffs),
-                    "wins": int((diffs > 0).sum()), "folds": sorted({f for f, _ in fd})}
+    for key, values in diffs.items():
+        d = np.array(values)
+        out[key] = {"mean": float(d.mean()), "ci95": bootstrap_ci(d), "pairs": len(d),
+                    "wins": int((d > 0).sum()), "folds": sorted(folds[key])}
     return out
 
 
 def paired_table(diffs: dict[tuple[str, float], dict[str, Any]]) -> str:
     fractions = sorted({f for _, f in diffs})
-    methods = [m for m in METHOD_ORDER if any(k[0] == m for k in diffs)] + sorted(
-        {m for m, _ in diffs} - set(METHOD_ORDER))
+    methods = _ordered_methods(diffs)
     lines = ["| method | " + " | ".join(f"{100 * f:g}%: difference [95% CI] | wins" for f in fractions) + " |",
              "|---|" + "---|---|" * len(fractions)]
     for m in methods:
