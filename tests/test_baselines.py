@@ -103,14 +103,43 @@ def test_tcsm_teacher_is_an_ema_of_the_student(phantom_run):
     for t, s in zip(task.model.variables, task.student.variables):
         np.testing.assert_array_equal(t.numpy(), s.numpy())  # the teacher starts as the student
     rng = np.random.default_rng(0)
-    before = [v.numpy().copy() for v in task.model.variables]
-    for v in task.student.variables:
-        v.assign(rng.normal(size=v.shape).astype(np.float32))
-    task.after_update()
     d = cfg.train.baselines.tcsm_ema_decay
-    for t, b, s in zip(task.model.variables, before, task.student.variables):
-        np.testing.assert_allclose(t.numpy(), d * b + (1 - d) * s.numpy(), rtol=1e-5, atol=1e-6)
+
+    def update_and_check(expected_decay):
+        trainable_before = [v.numpy().copy() for v in task.model.trainable_variables]
+        stats_before = [v.numpy().copy() for v in task.model.non_trainable_variables]
+        for v in task.student.variables:
+            v.assign(rng.normal(size=v.shape).astype(np.float32))
+        task.after_update()
+        for t, b, s in zip(task.model.trainable_variables, trainable_before, task.student.trainable_variables):
+            np.testing.assert_allclose(t.numpy(), expected_decay * b + (1 - expected_decay) * s.numpy(),
+                                       rtol=1e-5, atol=1e-6)
+        for t, b in zip(task.model.non_trainable_variables, stats_before):  # the teacher keeps its own statistics
+            np.testing.assert_array_equal(t.numpy(), b)
+
+    update_and_check(1 - 1 / 2)  # the first update: the mean of the initial weights and the student's
     assert int(task.updates) == 1
+    update_and_check(1 - 1 / 3)
+    task.updates.assign(500)
+    update_and_check(d)  # later: the configured decay
+    assert int(task.updates) == 501
+
+
+def test_tcsm_teacher_forward_uses_batch_statistics(phantom_run):
+    from tfsemiseg.data.prepared import training_arrays
+    from tfsemiseg.training.baselines import TCSMTask
+
+    cfg, data, _ = phantom_run
+    task = TCSMTask(cfg, training_arrays(data, data.split(0), 0.5), 3)
+    task.build()
+    batch = next(iter(task.dataset(seed=0)))
+    teacher_stats = [v.numpy().copy() for v in task.model.non_trainable_variables]
+    assert teacher_stats, "the U-Net has BatchNorm statistics"
+    loss, count = task.loss(batch, tf.random.Generator.from_seed(1))
+    assert np.isfinite(float(loss)) and int(count) == cfg.train.finetune_stage.batch_size
+    # training-mode forward passes: the teacher's moving statistics moved, as the student's did
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(task.model.non_trainable_variables, teacher_stats))
+    assert {id(v) for v in task.model.non_trainable_variables} <= {id(v) for v in task.state_variables}
 
 
 @pytest.mark.parametrize("rotate90", [True, False])

@@ -60,9 +60,13 @@ class TCSMTask(FinetuneTask):
     sees T(x + n1) for labeled and unlabeled slices, the teacher sees x + n2 and its
     softmax is transformed by T afterwards. Loss = supervised loss of the student on the
     labeled part (labels transformed by T) + w(t) * MSE(student softmax, teacher softmax)
-    on all slices, w ramping up with a sigmoid. After each update the teacher becomes an
-    exponential moving average of the student (every weight, normalisation statistics
-    included). The teacher is evaluated and exported.
+    on all slices, w ramping up with a sigmoid. As in the mean-teacher reference code that
+    TCSM builds on: the teacher's forward pass runs in training mode (batch statistics,
+    and its own BatchNorm moving statistics updated from them), and after the n-th update
+    its trainable weights become an exponential moving average of the student's with decay
+    min(1 - 1 / (n + 1), tcsm_ema_decay), a true average over the first updates, so the
+    teacher does not lag behind its random initial weights. The teacher is evaluated and
+    exported.
     """
 
     def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, **kw: Any):
@@ -91,7 +95,8 @@ class TCSMTask(FinetuneTask):
 
     @property
     def state_variables(self) -> list[tf.Variable]:
-        return self.student.non_trainable_variables
+        # both forward passes update their own BatchNorm statistics
+        return self.student.non_trainable_variables + self.model.non_trainable_variables
 
     def checkpoint_items(self) -> dict[str, Any]:
         return {"model": self.model, "student": self.student, "tcsm_updates": self.updates}
@@ -123,18 +128,23 @@ class TCSMTask(FinetuneTask):
         noisy_s = x + std * rng.normal(tf.shape(x))
         noisy_t = x + std * rng.normal(tf.shape(x))
         student_logits = self.student(flip_rotate(noisy_s, k, flip), training=True)
-        teacher_probs = flip_rotate(tf.nn.softmax(tf.cast(self.model(noisy_t, training=False), tf.float32)), k, flip)
+        teacher_probs = flip_rotate(tf.nn.softmax(tf.cast(self.model(noisy_t, training=True), tf.float32)), k, flip)
         y_t = flip_rotate(tf.cast(y_l, tf.int32)[..., None], k, flip)[..., 0]
         sup = segmentation_loss(replica_gather(student_logits[:n_l]), replica_gather(y_t), self.num_classes)
         student_probs = tf.nn.softmax(tf.cast(student_logits, tf.float32))
         cons = consistency_loss(replica_gather(student_probs), replica_gather(teacher_probs))
         return sup + self.consistency_weight() * cons, n_l
 
+    def ema_decay(self) -> tf.Tensor:
+        """The decay of the update just counted in `updates` (n): min(1 - 1/(n + 1), tcsm_ema_decay)."""
+        n = tf.cast(self.updates, tf.float32)
+        return tf.minimum(1.0 - 1.0 / (n + 1.0), self.settings.tcsm_ema_decay)
+
     def after_update(self) -> None:
-        decay = self.settings.tcsm_ema_decay
-        for t, s in zip(self.model.variables, self.student.variables):
-            t.assign(decay * t + (1.0 - decay) * s)
         self.updates.assign_add(1)
+        decay = self.ema_decay()
+        for t, s in zip(self.model.trainable_variables, self.student.trainable_variables):
+            t.assign(decay * t + (1.0 - decay) * s)
 
 
 class LocalSelfTask(UNetTask):
