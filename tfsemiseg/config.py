@@ -208,7 +208,7 @@ class BaselineConfig:
     """Settings of the non-contrastive baselines (fine-tune stage settings apply too)."""
 
     mixup_alpha: float = 1.0  # reference code: lambda ~ Beta(1, 1)
-    tcsm_ema_decay: float = 0.99  # mean teacher (Tarvainen & Valpola; TCSM)
+    tcsm_ema_decay: float = 0.99  # mean teacher (Tarvainen & Valpola; TCSM); update n uses min(1 - 1/(n+1), this)
     tcsm_consistency_weight: float = 1.0  # maximum weight of the consistency loss (short schedules: see docs/results.md)
     tcsm_rampup_epochs: float = 40.0  # sigmoid ramp-up exp(-5 (1 - t)^2) over these epochs
     tcsm_noise_std: float = 0.05  # Gaussian noise on student and teacher inputs
