@@ -117,3 +117,34 @@ def test_evaluate_volumes_passes_mirroring_through():
         scores.append(report["pooled_dice"]["per_class"])
         assert scores[-1] == [float(v) for v in metric.result()["per_class"]]
     assert scores[0] != scores[1]  # the two settings predict differently here
+
+
+def test_pooled_validator_equals_pooled_dice_of_per_volume_predictions():
+    from tfsemiseg.evaluation import PooledValidator, predict_probabilities
+    from tfsemiseg.metrics.dice import PooledDice
+
+    k, size = 3, 16
+    model = _conv_model(size, k, seed=4)
+    rng = np.random.default_rng(5)
+    vols = []
+    for i, depth in enumerate((3, 7, 5)):  # 15 slices: batches of 4 leave a partial last batch
+        native = np.zeros((depth, 16, 16), np.uint8)
+        native[:, 3:9, 2:7] = 1
+        native[:, 9:13, 2:12] = 2
+        vol = make_volume(f"v{i}", native, size, k)
+        vol.image[:] = rng.random(vol.image.shape)
+        vols.append(vol)
+    metric = PooledDice(k)
+    for vol in vols:
+        metric.update(predict_probabilities(model, vol.image).argmax(-1), vol.label)
+    expected = metric.result()
+    validator = PooledValidator(model, vols, k, batch_size=4)
+    got = validator()
+    for key in ("intersection", "pred_size", "label_size"):
+        assert got[key] == expected[key]
+    assert got["mean"] == expected["mean"] and 0 < got["mean"] < 1
+    image, label, pred = validator.sample()
+    assert image.shape == label.shape == pred.shape and label.any()
+    # the validator follows the model's current weights
+    model.set_weights([w * 0 for w in model.get_weights()])  # every logit 0: argmax is background
+    assert validator()["pred_size"] == [0, 0]

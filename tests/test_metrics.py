@@ -289,8 +289,9 @@ def test_hd95_empty_mask_statuses():
     # class 4 nowhere -> absent
     result = hd95_per_class(pred, label, SPACING, 5)
     assert isinstance(result, HD95Result)
-    values, status = result
+    values, status, diagonal = result
     assert status == [STATUS_OK, STATUS_MISSING_PREDICTION, STATUS_MISSING_LABEL, STATUS_ABSENT]
+    assert diagonal == pytest.approx(math.sqrt(sum((6 * s) ** 2 for s in SPACING)))
     assert values[0] == 0.0
     assert all(math.isnan(v) for v in values[1:])
 
@@ -315,6 +316,29 @@ def test_summarise_hd95_counts_statuses_and_averages_defined_values_only():
     }
     assert s["mean_over_classes"] == pytest.approx(3.0)
     assert s["num_volumes"] == 4
+    # no diagonal given: a miss is unknown, so mean_all is NaN where a class was missed
+    assert s["mean_all"][0] != s["mean_all"][0]
+
+
+def test_summarise_hd95_mean_over_all_volumes_counts_misses_as_the_diagonal():
+    d = [10.0, 20.0, 30.0, 40.0]
+    results = [
+        HD95Result(np.array([1.0, np.nan]), [STATUS_OK, STATUS_MISSING_PREDICTION], d[0]),
+        HD95Result(np.array([3.0, 2.0]), [STATUS_OK, STATUS_OK], d[1]),
+        HD95Result(np.array([8.0, np.nan]), [STATUS_OK, STATUS_ABSENT], d[2]),
+        HD95Result(np.array([np.nan, np.nan]), [STATUS_MISSING_LABEL, STATUS_MISSING_PREDICTION], d[3]),
+    ]
+    s = summarise_hd95(results)
+    # class 1: three ok volumes and one miss (diagonal 40); class 2: the absent volume is left out
+    assert s["mean_all"] == pytest.approx([(1 + 3 + 8 + 40) / 4, (10 + 2 + 40) / 3])
+    assert s["mean_all_over_classes"] == pytest.approx(((1 + 3 + 8 + 40) / 4 + (10 + 2 + 40) / 3) / 2)
+    np.testing.assert_allclose(s["mean"], [4.0, 2.0])  # the mean over ok volumes is kept
+    # missing the worst-segmented volume instead improves the "ok" mean, but not mean_all
+    worse = summarise_hd95(results[:2] + [results[2]._replace(values=np.array([np.nan, np.nan]),
+                                                              status=[STATUS_MISSING_PREDICTION, STATUS_ABSENT])]
+                           + results[3:])
+    assert worse["mean"][0] == pytest.approx(2.0) and s["mean"][0] > 2.0
+    assert worse["mean_all"][0] == pytest.approx((1 + 3 + 30 + 40) / 4) and s["mean_all"][0] < 18.5
 
 
 def test_hd95_rejects_bad_spacing_and_shapes():

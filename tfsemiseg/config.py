@@ -193,6 +193,7 @@ class StageConfig:
     block_size: int = 16  # paper: 16 (reference code default 32)
     checkpoint_every_steps: int = 200
     validate_every_epochs: int = 1  # fine-tune: validation Dice and best-checkpoint selection
+    validate_from_epoch: int = 0  # no validation (nor selection) before this epoch; the last epoch always validates
 
     def validate(self) -> None:
         _check(self.epochs >= 0, "epochs", "must be >= 0")
@@ -200,6 +201,8 @@ class StageConfig:
         _check(self.learning_rate > 0, "learning_rate", "must be > 0")
         _check(self.temperature > 0, "temperature", "must be > 0")
         _check(self.stride >= 1 and self.block_size >= 2, "stride/block_size", "must be >= 1 / >= 2")
+        _check(self.validate_every_epochs >= 1 and self.validate_from_epoch >= 0,
+               "validate_every_epochs/validate_from_epoch", "must be >= 1 / >= 0")
         _check(self.clip_norm is None or self.clip_norm > 0, "clip_norm", "must be > 0 or null")
 
 
@@ -240,8 +243,10 @@ class TrainConfig:
     )
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     devices: int = 0  # 0: all visible GPUs (or one CPU); N>1 on CPU: N logical CPU devices
-    # float32; mixed_float16 (GPUs, with loss scaling); mixed_bfloat16 (CPUs/TPUs). Losses stay float32.
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # auto: mixed_bfloat16 where the CPU (AMX-BF16, AVX512-BF16) or every GPU (compute capability
+    # 8.0+) has native bfloat16, else float32; or float32 / mixed_float16 (GPUs, loss scaling) /
+    # mixed_bfloat16 by hand. Losses, softmax and batch-norm statistics stay float32.
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     deterministic: bool = False  # fixed tf.data order (CPU kernels are already deterministic), for tests
     seed: int = 0
 

@@ -124,6 +124,17 @@ class PooledDice:
         self._label_size += g_size[1:]
         self._num_updates += 1
 
+    @classmethod
+    def from_counts(cls, intersection: np.ndarray, pred_size: np.ndarray, label_size: np.ndarray,
+                    num_updates: int = 1) -> "PooledDice":
+        """A metric holding already pooled per-class counts ([K] each, index 0 background)."""
+        metric = cls(len(intersection))
+        metric._intersection += np.asarray(intersection, np.int64)[1:]
+        metric._pred_size += np.asarray(pred_size, np.int64)[1:]
+        metric._label_size += np.asarray(label_size, np.int64)[1:]
+        metric._num_updates = int(num_updates)
+        return metric
+
     def result(self) -> dict[str, Any]:
         """The pooled Dice so far.
 

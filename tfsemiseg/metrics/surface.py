@@ -29,9 +29,13 @@ Empty-mask rules, per foreground class of one volume:
   ``"missing_label"``;
 * both present: the distance, status ``"ok"``.
 
-Undefined values are never replaced by 0 or by a maximum distance:
-:func:`summarise_hd95` averages over ``"ok"`` volumes only and counts each
-status separately, so missed structures stay visible in the report.
+Undefined values are never replaced by 0: :func:`summarise_hd95` averages over
+``"ok"`` volumes only (``mean``) and counts each status separately, so missed
+structures stay visible in the report. Because that mean improves when a model
+misses more, it also gives ``mean_all``: the mean over every volume where the class
+is in the label or the prediction, a miss (``"missing_prediction"`` or
+``"missing_label"``) counting as the volume's diagonal in mm, the largest distance
+two voxels of the volume can have (:data:`MISS_CONVENTION`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ STATUS_ABSENT = "absent"
 STATUS_MISSING_PREDICTION = "missing_prediction"
 STATUS_MISSING_LABEL = "missing_label"
 STATUSES: tuple[str, ...] = (STATUS_OK, STATUS_ABSENT, STATUS_MISSING_PREDICTION, STATUS_MISSING_LABEL)
+MISS_CONVENTION = "a missed class (in label or prediction only) counts as the volume's diagonal in mm"
 
 
 class HD95Result(NamedTuple):
@@ -70,10 +75,14 @@ class HD95Result(NamedTuple):
         values: float64 array [K-1], HD95 in mm of classes 1..K-1; NaN unless the
             status is ``"ok"``.
         status: list of K-1 strings, one of :data:`STATUSES` per class.
+        diagonal: the volume's diagonal in mm, ``sqrt(sum((n_i * s_i)^2))`` over its
+            axes' sizes n_i and spacings s_i: the distance a miss counts as in
+            ``mean_all`` (NaN when unknown).
     """
 
     values: np.ndarray
     status: list[str]
+    diagonal: float = float("nan")
 
 
 def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
@@ -247,7 +256,8 @@ def hd95_per_class(
         else:
             values[c - 1] = hausdorff_distance(p, g, spacing, 95.0, connectivity)
             status.append(STATUS_OK)
-    return HD95Result(values=values, status=status)
+    diagonal = float(np.sqrt(sum((n * sp) ** 2 for n, sp in zip(pred.shape, spacing))))
+    return HD95Result(values=values, status=status, diagonal=diagonal)
 
 
 def summarise_hd95(results: Sequence[HD95Result]) -> dict[str, Any]:
@@ -268,6 +278,12 @@ def summarise_hd95(results: Sequence[HD95Result]) -> dict[str, Any]:
           :data:`STATUSES` to its number of volumes;
         * ``mean_over_classes``: float, mean of ``mean`` over classes that are not
           NaN;
+        * ``mean_all``: list of K-1 floats, the mean over every volume whose
+          status is not ``"absent"``, a miss counted as the volume's diagonal
+          (:data:`MISS_CONVENTION`); NaN for a class with no such volume;
+        * ``mean_all_over_classes``: float, mean of ``mean_all`` over classes
+          that are not NaN;
+        * ``miss_convention``: the text of :data:`MISS_CONVENTION`;
         * ``num_volumes``: int, ``len(results)``.
     """
     if len(results) == 0:
@@ -275,10 +291,10 @@ def summarise_hd95(results: Sequence[HD95Result]) -> dict[str, Any]:
     k = len(results[0].status)
     if any(len(r.status) != k or np.asarray(r.values).shape != (k,) for r in results):
         raise ValueError("all results must have the same number of classes")
-    means, stds, medians, counts, status_counts = [], [], [], [], []
+    means, stds, medians, counts, status_counts, means_all = [], [], [], [], [], []
     for c in range(k):
         tally = dict.fromkeys(STATUSES, 0)
-        ok = []
+        ok, every = [], []
         for r in results:
             s = r.status[c]
             if s not in tally:
@@ -286,6 +302,9 @@ def summarise_hd95(results: Sequence[HD95Result]) -> dict[str, Any]:
             tally[s] += 1
             if s == STATUS_OK:
                 ok.append(float(r.values[c]))
+            if s != STATUS_ABSENT:
+                every.append(float(r.values[c]) if s == STATUS_OK else float(r.diagonal))
+        means_all.append(float(np.mean(every)) if every else float("nan"))
         arr = np.asarray(ok, dtype=np.float64)
         counts.append(int(arr.size))
         means.append(float(arr.mean()) if arr.size else float("nan"))
@@ -293,6 +312,7 @@ def summarise_hd95(results: Sequence[HD95Result]) -> dict[str, Any]:
         medians.append(float(np.median(arr)) if arr.size else float("nan"))
         status_counts.append(tally)
     finite_means = [m for m in means if not np.isnan(m)]
+    finite_all = [m for m in means_all if not np.isnan(m)]
     return {
         "mean": means,
         "std": stds,
@@ -300,5 +320,8 @@ def summarise_hd95(results: Sequence[HD95Result]) -> dict[str, Any]:
         "count": counts,
         "status_counts": status_counts,
         "mean_over_classes": float(np.mean(finite_means)) if finite_means else float("nan"),
+        "mean_all": means_all,
+        "mean_all_over_classes": float(np.mean(finite_all)) if finite_all else float("nan"),
+        "miss_convention": MISS_CONVENTION,
         "num_volumes": len(results),
     }

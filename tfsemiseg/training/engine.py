@@ -98,6 +98,7 @@ class FitResult:
     seconds: float
     last_loss: float
     best_dice: Optional[float] = None
+    validation_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -198,6 +199,7 @@ class Trainer:
         self.writer = (tf.summary.create_file_writer(str(self.stage_dir / "tb")) if self.chief
                        else tf.summary.create_noop_writer())
         self._train_step = self._make_train_step()
+        self.validation_seconds = 0.0  # this process's (a resumed stage counts from its restart)
 
     # ------------------------------------------------------------------ step
     def _make_train_step(self) -> Callable:
@@ -316,6 +318,7 @@ class Trainer:
             seconds=time.perf_counter() - start_time,
             last_loss=last_loss,
             best_dice=float(self.best_dice) if float(self.best_dice) >= 0 else None,
+            validation_seconds=self.validation_seconds,
             history=history,
         )
 
@@ -331,12 +334,15 @@ class Trainer:
         return float(tf.convert_to_tensor(schedule))
 
     def _validate(self, epoch: int) -> dict[str, float]:
-        every = max(1, self.cfg.validate_every_epochs)
-        if epoch % every and epoch != self.cfg.epochs:
+        cfg = self.cfg
+        if epoch != cfg.epochs and (epoch % max(1, cfg.validate_every_epochs) or epoch < cfg.validate_from_epoch):
             return {}
+        start = time.perf_counter()
         metrics = self.task.validate()
         if not metrics:
             return {}
+        seconds = time.perf_counter() - start
+        self.validation_seconds += seconds
         step = int(self.step)
         with self.writer.as_default(step=step):
             for key, value in metrics.items():
@@ -346,7 +352,7 @@ class Trainer:
         if "dice" in metrics and metrics["dice"] > float(self.best_dice):
             self.best_dice.assign(metrics["dice"])
             self.best_manager.save(checkpoint_number=step)
-        return {f"val_{k}": float(v) for k, v in metrics.items()}
+        return {**{f"val_{k}": float(v) for k, v in metrics.items()}, "val_seconds": seconds}
 
 
 def write_stage_done(stage_dir: Path, result: FitResult, extra: dict[str, Any]) -> None:
@@ -358,6 +364,7 @@ def write_stage_done(stage_dir: Path, result: FitResult, extra: dict[str, Any]) 
         "seconds": round(result.seconds, 2),
         "last_loss": result.last_loss,
         "best_val_dice": result.best_dice,
+        "validation_seconds": round(result.validation_seconds, 2),
         "history": result.history,
         **extra,
     }

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import keras
 
 from tfsemiseg.config import Config
 from tfsemiseg.data.prepared import PreparedData, TrainingArrays, evaluation_volumes, prepare_dataset, training_arrays
@@ -34,6 +33,7 @@ from tfsemiseg.models.unet import build_unet
 from tfsemiseg.training.engine import STAGE_DONE, Trainer, stage_finished, write_stage_done
 from tfsemiseg.training.baselines import LocalSelfTask, MixupTask, TCSMTask
 from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
+from tfsemiseg.training.precision import precision_policy, resolve_precision
 from tfsemiseg.training.strategy import worker_barrier, worker_role
 
 WEIGHTS = "weights.npz"
@@ -95,12 +95,23 @@ def _stage_digest(cfg: Config, plan: StagePlan) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _check_reuse(folder: Path, digest: str) -> None:
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _check_reuse(folder: Path, digest: str, parent: Optional[Path]) -> None:
+    """Refuse a finished stage whose configuration, or whose parent stage, has changed since."""
     info = read_json(folder / STAGE_DONE)
     if info.get("config_digest") != digest:
         raise TfSemisegError(
             f"{folder}: finished with a different configuration (digest {info.get('config_digest')} != {digest}); "
             "use another --out or config name, or delete that folder"
+        )
+    if parent is not None and info.get("parent_weights_sha256") != _file_sha256(parent / WEIGHTS):
+        raise TfSemisegError(
+            f"{folder}: stale, it was trained from other weights than those now in {parent} "
+            f"(that stage was retrained after it); delete {folder} and every stage after it, "
+            "then rerun the same command to retrain them"
         )
 
 
@@ -120,7 +131,7 @@ def run_method(
     With `until`, stop after that stage (evaluating only if it is the fine-tune stage).
     """
     method = canonical_method(method)
-    keras.mixed_precision.set_global_policy(cfg.train.precision)
+    precision = resolve_precision(cfg.train.precision)
     split = data.split(fold)
     arrays = training_arrays(data, split, fraction)
     folders: dict[str, Path] = {}
@@ -132,25 +143,27 @@ def run_method(
     for plan in plans:
         folder = stage_dir(root, method, fraction, fold, plan.stage)
         folders[plan.stage] = folder
+        parent = folders[plan.init_from] if plan.init_from is not None else None
         digest = _stage_digest(_with_mode(cfg, plan), plan)
         if stage_finished(folder):
-            _check_reuse(folder, digest)
+            _check_reuse(folder, digest, parent)
             echo(f"[{plan.stage}] already finished in {folder}")
             continue
-        init = None
-        if plan.init_from is not None:
-            init = (folders[plan.init_from] / WEIGHTS, _REQUIRE[plan.init_from])
-        task = _make_task(_with_mode(cfg, plan), plan, arrays, data, split, init, strategy.num_replicas_in_sync)
-        echo(f"[{plan.stage}] training in {folder} ({task.steps_per_epoch} steps/epoch)")
-        trainer = Trainer(task, task.stage, folder, strategy, cfg.train.precision, cfg.train.seed)
-        if task.transfer is not None:
-            echo(f"[{plan.stage}] initial weights from {task.transfer.path}: {task.transfer.summary()}")
-        result = trainer.fit()
+        init = (parent / WEIGHTS, _REQUIRE[plan.init_from]) if parent is not None else None
+        with precision_policy(precision):
+            task = _make_task(_with_mode(cfg, plan), plan, arrays, data, split, init, strategy.num_replicas_in_sync)
+            echo(f"[{plan.stage}] training in {folder} ({task.steps_per_epoch} steps/epoch, precision {precision})")
+            trainer = Trainer(task, task.stage, folder, strategy, precision, cfg.train.seed)
+            if task.transfer is not None:
+                echo(f"[{plan.stage}] initial weights from {task.transfer.path}: {task.transfer.summary()}")
+            result = trainer.fit()
         if trainer.chief:  # multi-worker: the chief writes the stage's outputs ...
             save_weights_by_name(task.model, folder / WEIGHTS)
             write_stage_done(folder, result, {
                 "config_digest": digest, "method": method, "fold": fold, "fraction": fraction,
                 "split_digest": split.digest(), "init": task.transfer.summary() if task.transfer else "random",
+                "precision": precision,
+                "parent_weights_sha256": _file_sha256(parent / WEIGHTS) if parent is not None else None,
             })
         worker_barrier(strategy)  # ... before any worker reads them
     if plans[-1].stage != "finetune" or not worker_role(strategy)[0]:
@@ -169,22 +182,26 @@ def evaluate_method(
     if not weights.is_file():
         raise TfSemisegError(f"{weights}: missing; run the method first")
     split = data.split(fold)
-    unet = build_unet(cfg.model, cfg.data.image_size, len(data.class_names))
+    with precision_policy("float32"):  # evaluation runs in float32 whatever the training precision
+        unet = build_unet(cfg.model, cfg.data.image_size, len(data.class_names))
     load_weights_by_name(unet.segmenter, weights, require=("encoder", "decoder", "seg_head"))
     start = time.perf_counter()
-    report = evaluate_volumes(unet.segmenter, evaluation_volumes(data, split, part), data.class_names,
-                              mirror=cfg.evaluation.mirror)
+    volumes = evaluation_volumes(data, split, part)
+    # the configured evaluation, and the other mirroring setting beside it (single pass is the paper's)
+    report, other = (evaluate_volumes(unet.segmenter, volumes, data.class_names, mirror=m)
+                     for m in (cfg.evaluation.mirror, not cfg.evaluation.mirror))
     stages = {}
     for plan in METHODS[method]:
         info = read_json(stage_dir(root, method, fraction, fold, plan.stage) / STAGE_DONE)
-        stages[plan.stage] = {k: info.get(k) for k in ("seconds", "steps", "epochs", "last_loss", "best_val_dice", "init")}
+        stages[plan.stage] = {k: info.get(k) for k in ("seconds", "validation_seconds", "steps", "epochs", "last_loss",
+                                                       "best_val_dice", "init", "precision")}
     result = {
         "method": method, "fold": fold, "fraction": fraction, "part": part,
         "dataset": data.index.name, "class_names": list(data.class_names),
         "split_digest": split.digest(), "num_labeled_volumes": len(split.labeled(fraction)),
         "labeled_cases": split.labeled(fraction), "seed": cfg.train.seed,
         "stages": stages, "eval_seconds": round(time.perf_counter() - start, 2),
-        "metrics": report, "config": cfg.to_dict(),
+        "metrics": report, "extra_metrics": [other], "config": cfg.to_dict(),
     }
     atomic_write_json(folder / (RESULT if part == "test" else f"result_{part}.json"), result)
     echo(f"{method}, fold {fold}, {100 * fraction:g}% labeled ({len(split.labeled(fraction))} volumes), {part} set:")

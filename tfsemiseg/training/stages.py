@@ -23,7 +23,7 @@ from tfsemiseg.config import Config, StageConfig
 from tfsemiseg.data.pipelines import finetune_dataset, global_dataset, local_dataset
 from tfsemiseg.data.prepared import TrainingArrays
 from tfsemiseg.data.preprocess import SliceVolume
-from tfsemiseg.evaluation import overlay_images, pooled_dice_of
+from tfsemiseg.evaluation import PooledValidator, overlay_images
 from tfsemiseg.losses import (
     global_contrastive_loss,
     segmentation_loss,
@@ -126,7 +126,8 @@ class FinetuneTask(UNetTask):
         super().__init__(cfg, cfg.train.finetune_stage, num_classes, len(arrays.labeled_images), **kw)
         self.images, self.labels = arrays.labeled_images, arrays.labeled_labels
         self.val_volumes = list(val_volumes)
-        self._last_val: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+        self._validator: Optional[PooledValidator] = None  # built at the first validation
+        self._validated = False
 
     @property
     def model(self) -> keras.Model:
@@ -146,15 +147,17 @@ class FinetuneTask(UNetTask):
     def validate(self) -> Optional[dict[str, float]]:
         if not self.val_volumes:
             return None
-        result, sample = pooled_dice_of(self.model, self.val_volumes, self.num_classes)
-        self._last_val = sample
+        if self._validator is None:
+            self._validator = PooledValidator(self.model, self.val_volumes, self.num_classes)
+        result = self._validator()
+        self._validated = True
         metrics = {"dice": result["mean"]}
         for c, value in enumerate(result["per_class"], start=1):
             metrics[f"dice_class{c}"] = value if math.isfinite(value) else 0.0
         return metrics
 
     def summary_images(self) -> dict[str, np.ndarray]:
-        if self._last_val is None:
+        if not self._validated:
             return {}
-        image, label, pred = self._last_val
+        image, label, pred = self._validator.sample()
         return {"val_overlay": overlay_images(image, label, pred, self.num_classes)}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The paper's Table 1 at the paper's schedule (configs/hippocampus.yaml unchanged: 70 global,
+# 60 local, 120 fine-tuning epochs, width 16, float32) as one resumable single-thread queue.
+#
+#   CODE=/work/gridcode RUNS=/work/runs bash docs/results/hippocampus/paper-schedule/queue.sh FOLD...
+#
+# CODE is a frozen copy of the repository at one commit (its COMMIT file names it), so every
+# cell comes from the same code while the live checkout changes. Cells run fold by fold,
+# fraction by fraction, in the order of METHODS; each finished cell's result.json is copied
+# next to this script (with "code_commit" added) and committed at once, and so is each
+# fold's finished global stage (stage.json + weights.npz), which a new machine restores
+# before training, so that no finished work is lost when a machine is replaced.
+# Re-running the same command resumes: finished cells are skipped, a stage restarts from
+# its latest checkpoint in RUNS.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(git -C "$here" rev-parse --show-toplevel)
+CODE=${CODE:?set CODE to the frozen code tree}
+RUNS=${RUNS:-/work/runs}
+DATA=${DATA:-$repo/../shared/data/Task04_Hippocampus}
+PY=${PY:-$repo/.venv/bin/python}
+METHODS=${METHODS:-"random global global+local-block global+local-stride"}
+FRACTIONS=${FRACTIONS:-"0.05 0.1 0.2"}
+commit=$(cat "$CODE/COMMIT")
+export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1} TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-1}
+
+git_commit() {  # commit only the given paths; one git at a time, retried while another holds the lock
+  local msg=$1; shift
+  for _ in $(seq 30); do
+    if flock "$repo/.git/grid.lock" git -C "$repo" add -- "$@" && \
+       flock "$repo/.git/grid.lock" git -C "$repo" commit -q -m "$msg" -- "$@"; then return 0; fi
+    sleep 10
+  done
+  echo "could not commit $*" >&2
+}
+
+for fold in "$@"; do
+  gdone=$RUNS/paper/fold$fold/global
+  gsaved=$here/fold$fold/global
+  if [[ -f $gsaved/stage.json && ! -f $gdone/stage.json ]]; then   # a new machine: restore it
+    mkdir -p "$gdone" && cp "$gsaved/stage.json" "$gsaved/weights.npz" "$gdone/"
+  fi
+  for frac in $FRACTIONS; do
+    for method in $METHODS; do
+      out=$here/fold$fold/frac$frac/$method/result.json
+      [[ -f $out ]] && continue
+      echo "== $(date -u +%FT%TZ) fold $fold, $frac, $method"
+      (cd "$CODE" && "$PY" cli.py experiment --config configs/hippocampus.yaml --data "$DATA" \
+          --out "$RUNS/paper" --folds "$fold" --fractions "$frac" --methods "$method" \
+          --set "data.cache_dir=$RUNS/cache") || { echo "cell failed: fold $fold $frac $method" >&2; continue; }
+      if [[ -f $gdone/stage.json && ! -f $gsaved/stage.json ]]; then
+        mkdir -p "$gsaved" && cp "$gdone/stage.json" "$gdone/weights.npz" "$gsaved/"
+        git_commit "paper-schedule grid: fold $fold global stage (code $commit)" "$gsaved"
+      fi
+      src=$RUNS/paper/fold$fold/frac$frac/$method/result.json
+      mkdir -p "$(dirname "$out")"
+      "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); r["code_commit"]=sys.argv[3]; json.dump(r,open(sys.argv[2],"w"),indent=1)' \
+          "$src" "$out.tmp" "$commit" && mv "$out.tmp" "$out"
+      git_commit "paper-schedule grid: fold $fold, $frac, $method (code $commit)" "$out"
+    done
+  done
+done
