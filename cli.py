@@ -325,8 +325,11 @@ def export(run_dir: Path, dest: Path, force: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the label NIfTIs.")
 @click.option("--probabilities", is_flag=True, help="Also write a 4D float probability map per input.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--spacing", type=(float, float, float), default=None, metavar="SX SY SZ",
+              help="Voxel size in mm to use for every input in place of its header's (only for files whose "
+                   "headers are known to be broken; zero, negative or NaN voxel sizes are refused otherwise).")
 @friendly_errors
-def predict(inputs, model_dir: Path, out_dir: Path, probabilities: bool, force: bool) -> None:
+def predict(inputs, model_dir: Path, out_dir: Path, probabilities: bool, force: bool, spacing) -> None:
     """Segment NIfTI volumes (files or folders) with an exported model; one uint8 label NIfTI each."""
     from tfsemiseg.serving.predict import expand_inputs, predict_files
 
@@ -338,7 +341,7 @@ def predict(inputs, model_dir: Path, out_dir: Path, probabilities: bool, force: 
             lines.append(pred.summary(names))
             bar.update(1)
 
-        predict_files(model_dir, files, out_dir, force, probabilities, done)
+        predict_files(model_dir, files, out_dir, force, probabilities, done, spacing=spacing)
     for line in lines:
         click.echo(line)
 

@@ -24,6 +24,11 @@ ellipses per map. Modes:
   ``--dense-limit-gb``;
 * ``global``: NT-Xent at batch ``--global-batch`` x ``--global-dim``.
 
+Where the paper's reference code can run (``../shared/reference-bench``, see
+``benchmarks/reference.py``), the same invocation times it on the same cases
+(stride, block and NT-Xent) and prints its figure and the ratio beside ours,
+under a line naming the CPU; ``--no-reference`` prints our columns alone.
+
 Examples::
 
     python benchmarks/bench_losses.py                      # default suite
@@ -42,6 +47,9 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.reference import Reference, machine_line, ratio, reference_cell  # noqa: E402
 
 DEFAULT_SUITE = [
     (64, 16, 128, ["stride4", "block16", "block32", "full", "dense_fg", "dense", "global"]),
@@ -217,24 +225,36 @@ def spawn(case: dict, timeout: float) -> dict:
     return dict(case, error=f"exit {proc.returncode}: {tail[:200]}")
 
 
+def reference_case(r: dict) -> str | None:
+    """The reference-bench case for one of our rows (None: the reference has no counterpart)."""
+    if r["mode"] == "global":
+        return f"ntxent:{r['global_batch']}:{r['global_dim']}"
+    if r["mode"].startswith(("stride", "block")):
+        return f"loss:{r['mode']}:{r['size']}:{r['maps']}:{r['channels']}"
+    return None
+
+
 def table(rows: list[dict]) -> str:
     out = [
-        "| size | maps | C | mode | points N | fg points | median ms | min ms | CPU ms | peak GB | base GB | loss |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | maps | C | mode | points N | fg points | median ms | min ms | CPU ms | peak GB | base GB | loss"
+        " | reference | ratio |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         mode = r["mode"] + (f" (chunk {r['chunk_size']})" if r["mode"] == "full" and r.get("chunk_size") else "")
         if r["mode"] == "global":
             mode = f"global B={r['global_batch']} D={r['global_dim']}"
         head = f"| {r['size']} | {r['maps']} | {r['channels']} | {mode} | {r.get('points', '')} | {r.get('anchors', '')} |"
+        ref = r.get("reference")
+        tail = f" {reference_cell(ref)} | {ratio(r.get('ms'), ref)} |"
         if "ms" in r:
             out.append(
                 head
                 + f" {r['ms']:.1f} | {r['ms_min']:.1f} | {r['cpu_ms']:.0f} | {r['peak_gb']:.2f}"
-                + f" | {r['base_gb']:.2f} | {r['loss']:.4f} |"
+                + f" | {r['base_gb']:.2f} | {r['loss']:.4f} |" + tail
             )
         else:
-            out.append(head + f" skipped: {r.get('skipped') or r.get('error')} | | | | | |")
+            out.append(head + f" skipped: {r.get('skipped') or r.get('error')} | | | | | |" + tail)
     return "\n".join(out)
 
 
@@ -254,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--global-dim", type=int, default=256)
     p.add_argument("--dense-limit-gb", type=float, default=8.0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    p.add_argument("--no-reference", action="store_true", help="do not time the paper's reference code")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -269,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.size
         else DEFAULT_SUITE
     )
+    print(machine_line(), flush=True)
+    reference = Reference(enabled=not args.no_reference, timeout=args.timeout)
+    print(reference.header(), flush=True)
     rows = []
     for size, maps, channels, modes in suite:
         for mode in modes:
@@ -279,7 +303,11 @@ def main(argv: list[str] | None = None) -> None:
                 dense_limit_gb=args.dense_limit_gb,
             )
             t0 = time.time()
-            rows.append(spawn(case, args.timeout))
+            row = spawn(case, args.timeout)
+            ref_case = reference_case(row)
+            if ref_case and reference.available:
+                row["reference"] = reference.time(ref_case, repeats=args.repeats, warmup=1)
+            rows.append(row)
             print(f"done {mode} size={size} maps={maps} C={channels} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     print(table(rows))
 

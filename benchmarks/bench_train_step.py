@@ -23,12 +23,22 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.reference import Reference, machine_line, ratio, reference_cell  # noqa: E402
 
 # stage:depth:width:batch (images per step; the contrastive stages see 2 views of each)
 DEFAULT_CASES = [
     "global:3:16:80", "local:3:16:4", "finetune:3:16:8",          # configs/hippocampus.yaml
-    "finetune:4:16:8", "finetune:4:64:8", "local:4:64:4",          # the reference code's U-Net
+    "finetune:4:16:8",                                             # the reference code's U-Net, width 16
+    "global:4:64:40", "local:4:64:4", "finetune:4:64:8",           # ... at the paper's width: timed beside it
 ]
+
+
+def reference_case(case: str, size: int) -> str | None:
+    """The reference-bench step for our case: the reference U-Net has 4 poolings."""
+    stage, depth, width, batch = case.split(":")
+    return f"step:{stage}:{width}:{batch}:{size}" if depth == "4" else None
 
 
 def build_step(args: argparse.Namespace, tmp: Path):
@@ -46,6 +56,7 @@ def build_step(args: argparse.Namespace, tmp: Path):
     from tfsemiseg.config import Config
     from tfsemiseg.data.prepared import TrainingArrays
     from tfsemiseg.training.engine import Trainer
+    from tfsemiseg.training.precision import precision_policy, resolve_precision
     from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
 
     stage, depth, width, batch = args.case.split(":")
@@ -65,8 +76,11 @@ def build_step(args: argparse.Namespace, tmp: Path):
         "train.local_stage.mode": args.local_mode, "model.local_head_dims": [args.head_dim, args.head_dim],
     })
     kw = {"num_replicas": strategy.num_replicas_in_sync}
-    task = {"global": GlobalTask, "local": LocalTask, "finetune": FinetuneTask}[stage](cfg, arrays, 3, **kw)
-    trainer = Trainer(task, getattr(cfg.train, key), tmp, strategy, progress=False)
+    precision = resolve_precision(args.precision)
+    with precision_policy(precision):
+        task = {"global": GlobalTask, "local": LocalTask, "finetune": FinetuneTask}[stage](cfg, arrays, 3, **kw)
+        trainer = Trainer(task, getattr(cfg.train, key), tmp, strategy, precision=precision, progress=False)
+    task.precision = precision
     iterator = iter(strategy.experimental_distribute_dataset(task.dataset(0)))
     return (lambda: trainer._train_step(iterator)[0].numpy()), task
 
@@ -77,6 +91,8 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-mode", default="stride", choices=["stride", "block", "full"])
     p.add_argument("--head-dim", type=int, default=128, help="local head output (reference: 128)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"],
+                   help="train.precision (auto: mixed_bfloat16 where the CPU has AMX-BF16 or AVX512-BF16)")
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -99,7 +115,8 @@ def child(args: argparse.Namespace) -> dict:
     ms = 1000 * float(np.median(times))
     images_per_step = task.images_per_step
     params = sum(int(np.prod(v.shape)) for v in task.model.trainable_variables)
-    return {"case": args.case, "devices": args.devices[0], "ms": ms, "img_s": images_per_step / ms * 1000,
+    return {"case": args.case, "devices": args.devices[0], "precision": task.precision, "ms": ms,
+            "img_s": images_per_step / ms * 1000,
             "images_per_step": images_per_step, "params": params,
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -110,26 +127,33 @@ def main() -> None:
     p.add_argument("--devices", nargs="+", type=int, default=[1, 2])
     add_step_arguments(p)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--no-reference", action="store_true", help="do not time the paper's reference code")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return
-    print(f"| case (stage:depth:width:batch) | devices | params | ms/step (median of {args.repeats}) | images/s | peak GB |")
-    print("|---|---|---|---|---|---|")
+    print(machine_line(), flush=True)
+    reference = Reference(enabled=not args.no_reference)
+    print(reference.header(), flush=True)
+    print(f"| case (stage:depth:width:batch) | devices | precision | params | ms/step (median of {args.repeats})"
+          " | images/s | peak GB | reference (same run) | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
+        ref_case = reference_case(case, args.size)
+        ref = reference.time(ref_case, repeats=5, warmup=1) if ref_case and reference.available else None
         for devices in args.devices:
             cmd = [sys.executable, __file__, "--child", "--case", case, "--devices", str(devices), "--size",
                    str(args.size), "--local-mode", args.local_mode, "--head-dim", str(args.head_dim),
-                   "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+                   "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--precision", args.precision]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                print(f"| {case} | {devices} | failed: {proc.stderr.strip().splitlines()[-1][:120]} | | | |")
+                print(f"| {case} | {devices} | failed: {proc.stderr.strip().splitlines()[-1][:120]} | | | | | | |")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"| {case} | {devices} | {r['params']:,} | {r['ms']:.0f} | {r['img_s']:.1f} | {r['peak_gb']:.2f} |",
-                  flush=True)
+            print(f"| {case} | {devices} | {r['precision']} | {r['params']:,} | {r['ms']:.0f} | {r['img_s']:.1f}"
+                  f" | {r['peak_gb']:.2f} | {reference_cell(ref)} | {ratio(r['ms'], ref)} |", flush=True)
 
 
 if __name__ == "__main__":

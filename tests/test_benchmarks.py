@@ -40,3 +40,30 @@ def test_conv_gflop_counts_every_convolution():
     flop += 2 * 4 * 4 * 4 * 16 * 8 + 2 * 8 * 8 * 4 * 8 * 4  # dec1_up 16->8 at 4x4, dec0_up 8->4 at 8x8
     flop += 2 * 16 * 16 * 4 * 3  # seg_head
     assert profile_train_step.conv_gflop_per_image(model) == pytest.approx(flop / 1e9)
+
+
+def test_ratio_is_reference_over_ours():
+    from benchmarks.reference import ratio, reference_cell
+
+    assert ratio(50.0, {"ok": True, "ms": 500.0, "peak_gb": 1.0}) == "10.0x"
+    assert ratio(50.0, {"ok": False, "error": "out of memory"}) == "-"
+    assert ratio(None, {"ok": True, "ms": 5.0}) == "-"
+    assert reference_cell({"ok": True, "ms": 549.04, "peak_gb": 0.764}) == "549.0 ms, 0.76 GB"
+    assert reference_cell({"ok": False, "error": "killed by signal 9 (out of memory?)"}).startswith("fails (killed")
+
+
+def test_loss_benchmark_without_the_reference_says_so_and_prints_our_column(tmp_path):
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TFSEMISEG_REFERENCE_BENCH": str(tmp_path / "absent"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_losses.py"), "--size", "16", "--maps", "2",
+                          "--channels", "8", "--modes", "stride4", "--repeats", "1", "--warmup", "0"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("CPU: ") and "avx2 " in lines[0] and "amx_bf16 " in lines[0]
+    assert f"reference: not run, {tmp_path / 'absent'} not found; our column alone" in lines[1]
+    row = [line for line in lines if line.startswith("| 16 | 2 | 8 | stride4")]
+    assert row and row[0].rstrip().endswith("| - | - |")  # our figures, no reference, no ratio

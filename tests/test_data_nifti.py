@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -311,3 +312,57 @@ def test_good_phantom_has_no_error(phantom_dir, make_cfg, tmp_path):
     """The control for the tests above: the unmodified phantom prepares without error."""
     data = prepare_dataset(make_cfg(), phantom_dir, tmp_path / "run")
     assert len(data.volumes) == PHANTOM_TRAIN
+
+
+# --------------------------------------------------------------------------- voxel sizes as written
+
+
+def _write_with_pixdim(path: Path, zooms) -> None:
+    """Rewrite `path` with pixdim[1..3] = zooms in its header, exactly as given."""
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    out = nib.Nifti1Image(data, np.eye(4))
+    out.header["pixdim"][1:4] = zooms
+    nib.save(out, str(path))
+
+
+@pytest.mark.parametrize("zooms, part", [
+    ((0.0, 1.0, 1.0), "imagesTr"), ((1.0, -1.0, 1.0), "imagesTr"), ((1.0, 1.0, np.nan), "imagesTr"),
+    ((0.0, 1.0, 1.0), "labelsTr"),
+])
+def test_bad_voxel_size_as_written_in_the_header(copy_phantom, make_cfg, tmp_path, zooms, part):
+    root = copy_phantom()
+    bad = _case(root, 3, part)
+    _write_with_pixdim(bad, zooms)
+    # nibabel's loader repairs zero and negative pixdims silently: the check reads the header as written
+    if not np.isnan(zooms).any():
+        assert all(z > 0 for z in nib.load(str(bad)).header.get_zooms())
+    msg = _expect_error(root, make_cfg(), tmp_path, bad.resolve(), r"voxel size in the header is .*data\.spacing")
+    assert ("0.0" in msg) if 0.0 in zooms else ("-1.0" in msg or "nan" in msg)
+    assert not (tmp_path / "run" / "splits.json").exists()  # nothing written
+
+
+def test_data_spacing_overrides_broken_headers(copy_phantom, make_cfg, tmp_path):
+    root = copy_phantom()
+    for part in ("imagesTr", "labelsTr"):
+        _write_with_pixdim(_case(root, 3, part), (0.0, 0.0, 0.0))
+    cfg = make_cfg(**{"data.spacing": [0.5, 0.75, 2.0]})
+    data = prepare_dataset(cfg, root, tmp_path / "run")
+    axis = cfg.data.slice_axis % 3
+    expected = tuple([0.5, 0.75, 2.0][a] for a in [axis] + [a for a in range(3) if a != axis])
+    assert data.volumes["phantom_003"].spacing == expected
+    assert data.volumes["phantom_004"].spacing == expected  # for every file, not just the broken one
+
+
+def test_bad_4d_label_with_one_channel(copy_phantom, make_cfg, tmp_path):
+    root = copy_phantom()
+    bad = _case(root, 5, "labelsTr")
+    write_nifti(bad, read_nifti(bad)[..., None])
+    _expect_error(root, make_cfg(), tmp_path, bad.resolve(), re.escape("expected a 3D label map, got 4D of shape"))
+
+
+def test_bad_2d_label(copy_phantom, make_cfg, tmp_path):
+    root = copy_phantom()
+    bad = _case(root, 6, "labelsTr")
+    write_nifti(bad, read_nifti(bad)[:, :, 0])
+    _expect_error(root, make_cfg(), tmp_path, bad.resolve(), re.escape("expected a 3D label map, got 2D"))

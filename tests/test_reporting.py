@@ -13,13 +13,24 @@ from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.reporting import PAPER_HIPPOCAMPUS, paired_differences, write_report
 
 
-def fake_result(method, fraction, fold, pooled, volume, hd, dataset="Hippocampus"):
-    return {
-        "method": method, "fraction": fraction, "fold": fold, "dataset": dataset, "num_labeled_volumes": 7,
-        "split_digest": f"split{fold}",
-        "metrics": {"pooled_dice": {"per_class": [pooled, pooled], "mean": pooled},
-                    "volume_dice": {"mean_over_classes": volume}, "hd95_mm": {"mean_over_classes": hd}},
-    }
+def evaluation(pooled, volume, hd, mirror, hd_all=None, missed=0):
+    return {"mirror": mirror, "pooled_dice": {"per_class": [pooled, pooled], "mean": pooled},
+            "volume_dice": {"mean_over_classes": volume},
+            "hd95_mm": {"mean_over_classes": hd, "mean_all_over_classes": hd if hd_all is None else hd_all,
+                        "status_counts": [{"ok": 1, "missing_prediction": missed}, {"ok": 1}]}}
+
+
+def fake_result(method, fraction, fold, pooled, volume, hd, dataset="Hippocampus", mirrored=None, hd_all=None,
+                missed=0):
+    """A result.json as `evaluate_method` writes it: the configured evaluation (mirrored, as
+    configs/hippocampus.yaml has it) in "metrics", the single pass in "extra_metrics"."""
+    single = evaluation(pooled, volume, hd, False, hd_all, missed)
+    if mirrored is None:
+        return {"method": method, "fraction": fraction, "fold": fold, "dataset": dataset, "num_labeled_volumes": 7,
+                "split_digest": f"split{fold}", "metrics": single}
+    return {"method": method, "fraction": fraction, "fold": fold, "dataset": dataset, "num_labeled_volumes": 7,
+            "split_digest": f"split{fold}", "metrics": evaluation(mirrored, volume + 0.01, hd - 0.1, True),
+            "extra_metrics": [single]}
 
 
 @pytest.fixture
@@ -30,10 +41,13 @@ def results_dir(tmp_path):
         for fraction in (0.05, 0.2):
             for fold in (0, 1, 2):
                 pooled, volume, hd = rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.9), rng.uniform(1, 5)
-                values[(method, fraction, fold)] = (pooled, volume, hd)
+                mirrored, hd_all, missed = pooled + rng.uniform(0, 0.02), hd + rng.uniform(0, 3), int(rng.integers(3))
+                values[(method, fraction, fold)] = (pooled, volume, hd, mirrored, hd_all, missed)
                 d = tmp_path / f"fold{fold}" / f"frac{fraction:g}" / method
                 d.mkdir(parents=True)
-                (d / "result.json").write_text(json.dumps(fake_result(method, fraction, fold, pooled, volume, hd)))
+                (d / "result.json").write_text(json.dumps(fake_result(method, fraction, fold, pooled, volume, hd,
+                                                                      mirrored=mirrored, hd_all=hd_all,
+                                                                      missed=missed)))
     return tmp_path, values
 
 
@@ -41,19 +55,28 @@ def test_table_matches_the_result_files(results_dir):
     root, values = results_dir
     paths = write_report(root)
     md = paths["markdown"].read_text().split("## Fold ")[0]  # the mean over folds; per-fold tables follow
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in md.splitlines() if line.startswith("| random") or line.startswith("| global+local-block")}
+    headline, detail = md.split("Single pass:")
+
+    def rows(text):
+        return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+                for line in text.splitlines() if line.startswith("| random") or line.startswith("| global+local-block")}
+
+    def stat(k, method, fraction, digits=3):
+        v = np.array([values[(method, fraction, fold)][k] for fold in range(3)], float)
+        return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+
+    top, low = rows(headline), rows(detail)
     for method in ("random", "global+local-block"):
         for i, fraction in enumerate((0.05, 0.2)):
-            pooled = np.array([values[(method, fraction, k)][0] for k in range(3)])
-            volume = np.array([values[(method, fraction, k)][1] for k in range(3)])
-            hd = np.array([values[(method, fraction, k)][2] for k in range(3)])
-            cell, vcell, hcell = rows[method][3 * i : 3 * i + 3]
-            assert hcell == f"{hd.mean():.2f} ± {hd.std():.2f}"
-            assert cell.startswith(f"{pooled.mean():.3f} ± {pooled.std():.3f}")
+            cell, mcell = top[method][2 * i : 2 * i + 2]
+            assert cell.startswith(stat(0, method, fraction))  # the single pass: the paper's protocol
             assert f"({PAPER_HIPPOCAMPUS[method][fraction]:.3f})" in cell  # the paper's number beside ours
-            assert vcell == f"{volume.mean():.3f} ± {volume.std():.3f}"
-        assert rows[method][-1] == "0,1,2"
+            assert mcell == stat(3, method, fraction)
+            vcell, hcell, hall, missed = low[method][4 * i : 4 * i + 4]
+            assert vcell == stat(1, method, fraction)
+            assert hcell == stat(2, method, fraction, 2) and hall == stat(4, method, fraction, 2)
+            assert missed == stat(5, method, fraction, 1)
+        assert top[method][-1] == low[method][-1] == "0,1,2"
     # Table 1's order: random before the proposed method
     assert md.index("| random") < md.index("| global+local-block")
 
@@ -64,9 +87,11 @@ def test_csv_and_plot(results_dir):
     rows = list(csv.DictReader(paths["csv"].open()))
     assert len(rows) == len(values)
     for r in rows:
-        pooled, volume, hd = values[(r["method"], float(r["fraction"]), int(r["fold"]))]
+        pooled, volume, hd, mirrored, hd_all, missed = values[(r["method"], float(r["fraction"]), int(r["fold"]))]
         assert float(r["pooled_dice"]) == pytest.approx(pooled, abs=1e-5)
+        assert float(r["pooled_dice_mirrored"]) == pytest.approx(mirrored, abs=1e-5)
         assert float(r["hd95_mm"]) == pytest.approx(hd, abs=1e-5)
+        assert float(r["hd95_all_mm"]) == pytest.approx(hd_all, abs=1e-5)
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -75,7 +100,8 @@ def test_no_paper_numbers_for_other_datasets(tmp_path):
     d.mkdir(parents=True)
     (d / "result.json").write_text(json.dumps(fake_result("random", 0.1, 0, 0.5, 0.5, 2.0, dataset="Phantom")))
     md = write_report(tmp_path)["markdown"].read_text()
-    assert re.search(r"\| random \| 0\.500 \| 0\.500 \| 2\.00 \| 0 \|", md)
+    assert re.search(r"\| random \| 0\.500 \| - \| 0 \|", md)  # no paper number, no mirrored evaluation
+    assert re.search(r"\| random \| 0\.500 \| 2\.00 \| 2\.00 \| 0\.0 \| 0 \|", md)
 
 
 def test_empty_results_folder_is_a_clear_error(tmp_path):
@@ -103,6 +129,9 @@ def test_partial_folds_are_named_per_fraction_and_each_fold_has_its_table(tmp_pa
 def with_cases(result, case_dice):
     """`result` with per-case metrics: case_dice maps case id -> [Dice per class]."""
     result["metrics"]["cases"] = [{"case": c, "dice": d, "hd95": [1.0] * len(d)} for c, d in case_dice.items()]
+    if result.get("extra_metrics"):  # a mirrored evaluation beside: pairs come from the single pass
+        result["extra_metrics"][0]["cases"] = result["metrics"].pop("cases")
+        result["metrics"]["cases"] = [{"case": c, "dice": [0.0] * len(d)} for c, d in case_dice.items()]
     return result
 
 
@@ -138,7 +167,8 @@ def test_paired_section_in_report(tmp_path):
         d = tmp_path / "fold0" / "frac0.05" / method
         d.mkdir(parents=True)
         cases = {f"c{i}": [0.6 + 0.01 * i + offset, 0.7 + offset] for i in range(10)}
-        (d / "result.json").write_text(json.dumps(with_cases(fake_result(method, 0.05, 0, 0.7, 0.7, 2.0), cases)))
+        (d / "result.json").write_text(json.dumps(with_cases(fake_result(method, 0.05, 0, 0.7, 0.7, 2.0,
+                                                                          mirrored=0.71), cases)))
     md = write_report(tmp_path)["markdown"].read_text()
     assert "## Against random init" in md
     assert re.search(r"\| global\+local-block \| \+0\.050 \[\+0\.050, \+0\.050\] \| 10/10 \|", md)

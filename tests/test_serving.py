@@ -135,12 +135,23 @@ def test_predict_round_trips_a_real_volume_and_overlaps_its_label(trained_run, t
     assert forced.exit_code == 0, forced.output
 
 
-@pytest.mark.parametrize("kind", ["truncated", "2d", "4d"])
+@pytest.mark.parametrize("kind", ["truncated", "2d", "4d", "4d-one-channel", "zero-zoom", "negative-zoom", "nan-zoom"])
 def test_predict_rejects_bad_inputs_with_one_clear_error(trained_run, tmp_path, kind):
     from cli import cli
 
     bad = tmp_path / f"bad_{kind}.nii.gz"
-    if kind == "truncated":
+    good = tmp_path / "good.nii.gz"  # listed first: nothing is written for it either
+    write_nifti(good, np.random.rand(12, 12, 6).astype(np.float32))
+    if kind.endswith("zoom"):
+        img = nib.Nifti1Image(np.random.rand(12, 12, 6).astype(np.float32), np.eye(4))
+        img.header["pixdim"][1:4] = {"zero": (1.0, 0.0, 1.0), "negative": (-1.0, 1.0, 1.0),
+                                     "nan": (1.0, 1.0, np.nan)}[kind.split("-")[0]]
+        nib.save(img, str(bad))
+        expected = "voxel size in the header is"
+    elif kind == "4d-one-channel":
+        write_nifti(bad, np.random.rand(8, 8, 8, 1).astype(np.float32))
+        expected = "expected a 3D volume, got 4D"
+    elif kind == "truncated":
         data = (REAL_DATA / "imagesTr" / "hippocampus_001.nii.gz").read_bytes()
         bad.write_bytes(data[: len(data) // 2])
         expected = "unreadable or truncated"
@@ -150,12 +161,17 @@ def test_predict_rejects_bad_inputs_with_one_clear_error(trained_run, tmp_path, 
     else:
         write_nifti(bad, np.random.rand(8, 8, 8, 2).astype(np.float32))
         expected = "expected a 3D volume, got 4D"
-    res = CliRunner().invoke(cli, ["predict", "--model", str(trained_run["model_dir"]), str(bad), "--out",
+    res = CliRunner().invoke(cli, ["predict", "--model", str(trained_run["model_dir"]), str(good), str(bad), "--out",
                                    str(tmp_path / "o")])
     assert res.exit_code != 0
     assert str(bad) in res.output and expected in res.output
     assert "Traceback" not in res.output
-    assert not (tmp_path / "o" / bad.name).exists()
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())  # nothing written
+    if kind.endswith("zoom"):  # a known-broken header can be overridden
+        res = CliRunner().invoke(cli, ["predict", "--model", str(trained_run["model_dir"]), str(bad), "--out",
+                                       str(tmp_path / "o"), "--spacing", "1", "1", "1"])
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "o" / bad.name).is_file()
 
 
 def test_export_refuses_to_overwrite_and_leaves_no_temp(trained_run, tmp_path):

@@ -43,6 +43,24 @@ def _result(stdout: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def _while_running(procs: list[subprocess.Popen], work, timeout: float = 400):
+    """(work(), [(stdout, stderr)] of each process) with `work` run while the processes run;
+    each must exit 0, and none is left running."""
+    outputs = []
+    try:
+        value = work()
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+    return value, outputs
+
+
 def _compare(reference: Path, other: Path, init: Path) -> tuple[list[str], float]:
     """(names of variables outside tolerance, largest change of a trainable weight by the step)."""
     a, b, w0 = np.load(reference), np.load(other), np.load(init)
@@ -54,7 +72,7 @@ def _compare(reference: Path, other: Path, init: Path) -> tuple[list[str], float
 
 # fine-tune with clip_norm far below the gradient norm: also checks that the replicas'
 # summed gradient is clipped, not each replica's part
-STAGES = ("global", "local-stride", "local-block", "finetune+clip")
+STAGES = ("global", "local-stride", "local-block", "local-full", "local-self", "finetune+clip", "mixup", "tcsm")
 
 
 def _implied_gradient_norm(after: Path, init: Path, lr: float) -> float:
@@ -72,22 +90,19 @@ def _implied_gradient_norm(after: Path, init: Path, lr: float) -> float:
 
 def test_two_devices_match_one_device_for_every_stage(tmp_path) -> None:
     """One step on the same global batch: same loss, same weights (BatchNorm statistics
-    included), for global, local (stride and block) and fine-tune; and a skipped local
-    step changes nothing on 2 devices either."""
+    included), for every stage of every method: global, local (stride, block, full and
+    the self-supervised one), fine-tune, mixup (one lambda and one permutation of the
+    global batch) and TCSM (one transform, noise drawn for the global batch; the
+    teacher's weights are compared); and a skipped local step changes nothing on 2
+    devices either."""
     init = tmp_path / "init"
     engine_step.write_init(init)
     cmd = [sys.executable, str(SCRIPTS / "engine_step.py"), "--devices", "2", "--init", str(init),
            "--out", str(tmp_path / "two"), "--stages", ",".join(STAGES)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        # the single-device reference, in this process while the child runs
-        one = engine_step.run_stages(tf.distribute.get_strategy(), init, tmp_path / "one", STAGES)
-        stdout, stderr = child.communicate(timeout=400)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    assert child.returncode == 0, stderr[-4000:]
+    # the single-device reference, in this process while the child runs
+    one, [(stdout, _)] = _while_running([child], lambda: engine_step.run_stages(
+        tf.distribute.get_strategy(), init, tmp_path / "one", STAGES))
     two = _result(stdout)
     assert two["replicas"] == 2
     for stage in STAGES:
@@ -99,7 +114,7 @@ def test_two_devices_match_one_device_for_every_stage(tmp_path) -> None:
                               init / f"{model}_init.npz")
         assert not bad, f"{stage}: weights differ between 1 and 2 devices: {bad}"
         assert moved > 100 * ATOL, f"{stage}: the step barely moved the weights ({moved})"
-        if stage.startswith("local"):  # then a batch without foreground: skipped, nothing changes
+        if stage.startswith("local") and stage != "local-self":  # then a batch without foreground: skipped, nothing changes
             for r in (r1, r2):
                 assert r["skipped_count"] == 0 and r["skipped_unchanged"] and r["iterations_after_skip"] == 1
     # the clipped step's gradient has exactly the clip norm, on 1 and on 2 devices
@@ -131,17 +146,7 @@ def test_multi_worker_mirrored_strategy_two_workers_end_with_identical_weights(t
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
         for i in range(2)
     ]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=300))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-4000:]
+    _, outputs = _while_running(procs, lambda: None)
     results = [_result(out) for out, _ in outputs]
     for i, r in enumerate(results):
         assert r["index"] == i and r["replicas"] == 2
@@ -161,3 +166,31 @@ def test_multi_worker_mirrored_strategy_two_workers_end_with_identical_weights(t
     assert (stage / "checkpoints" / "checkpoint").is_file() and (stage / "train.log").is_file()
     assert len(list((stage / "tb").iterdir())) == 1
     assert sorted(p.name for p in stage.iterdir()) == ["checkpoints", "tb", "train.log"]
+
+
+def test_multi_worker_contrastive_and_finetune_steps_match_one_process(tmp_path) -> None:
+    """Two worker processes (MultiWorkerMirroredStrategy on 127.0.0.1) take one step of the
+    global stage (NT-Xent over the batch gathered across the workers) and of fine-tuning on
+    a fixed global batch; each worker's loss and weights equal a single-process run's."""
+    stages = ("global", "finetune")
+    init = tmp_path / "init"
+    engine_step.write_init(init)
+    ports = ",".join(map(str, _free_ports(2)))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPTS / "multiworker_step.py"), "--index", str(i), "--ports", ports,
+             "--init", str(init), "--out", str(tmp_path / f"worker{i}"), "--stages", ",".join(stages)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        for i in range(2)
+    ]
+    one, outputs = _while_running(procs, lambda: engine_step.run_stages(
+        tf.distribute.get_strategy(), init, tmp_path / "one", stages))
+    for i, (out, _) in enumerate(outputs):
+        r = _result(out)
+        assert r["index"] == i and r["replicas"] == 2
+        for stage in stages:
+            assert np.isclose(r["stages"][stage]["loss"], one[stage]["loss"], rtol=1e-5, atol=1e-6), (i, stage)
+            bad, moved = _compare(tmp_path / "one" / f"{stage}_after.npz", tmp_path / f"worker{i}" / f"{stage}_after.npz",
+                                  init / f"{engine_step.MODEL_OF[stage]}_init.npz")
+            assert not bad, f"worker {i}, {stage}: weights differ from one process: {bad}"
+            assert moved > 100 * ATOL, stage

@@ -145,8 +145,8 @@ class NanAtStep(FinetuneTask):
         super().build()
         self.calls = tf.Variable(0, dtype=tf.int64, trainable=False)
 
-    def loss(self, batch, rng):
-        loss, count = super().loss(batch, rng)
+    def loss(self, batch, seed):
+        loss, count = super().loss(batch, seed)
         n = self.calls.assign_add(1)
         return tf.where(n >= self.nan_from, tf.constant(float("nan")), loss), count
 

@@ -51,23 +51,10 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_finishes(phantom_di
 
     # 1. the run, with steps slowed down to 0.1 s, killed once a mid-epoch checkpoint exists
     log1 = tmp_path / "first.log"
-    with open(log1, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(SCRIPTS / "throttled_cli.py"), *args],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 150
-            while _latest_checkpoint_step(stage_dir / "checkpoints") == 0:
-                assert proc.poll() is None, f"run ended before a checkpoint: {log1.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, "no checkpoint within 150 s"
-                time.sleep(0.02)
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=30) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    _run_until(args, tmp_path, env, log1, lambda: _latest_checkpoint_step(stage_dir / "checkpoints") > 0,
+               "a checkpoint")
     killed_at = _latest_checkpoint_step(stage_dir / "checkpoints")
-    assert f"({STEPS_PER_EPOCH} steps/epoch)" in log1.read_text()
+    assert f"({STEPS_PER_EPOCH} steps/epoch" in log1.read_text()
     assert 0 < killed_at < STEPS_PER_EPOCH, killed_at  # mid-epoch: in the first epoch
     assert not (stage_dir / "stage.json").exists()
 
@@ -89,3 +76,139 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_finishes(phantom_di
     result = json.loads((stage_dir.parent / "result.json").read_text())
     assert result["method"] == "random" and result["fraction"] == 0.5
     assert 0.0 <= result["metrics"]["pooled_dice"]["mean"] <= 1.0
+
+
+# --------------------------------------------------------------------------- every stage, and export
+
+THREE_STAGES = ("global", "local", "finetune")
+
+
+def _three_stage_config(tmp_path: Path) -> Path:
+    """global+local-block on the phantom at 32x32: 15 global, 15 local and 30 fine-tuning
+    steps per epoch, 2 epochs each, a checkpoint every 3 steps, fixed data order."""
+    stage = {"epochs": 2, "learning_rate": 1e-3, "checkpoint_every_steps": 3}
+    config = {
+        "name": "killed",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"image_size": 32, "cache_dir": str(tmp_path / "cache")},
+        "split": {"ratios": [3, 1, 1], "num_folds": 1},
+        "model": {"depth": 2, "base_width": 4, "global_head_dims": [16, 8], "local_head_dims": [8, 8]},
+        "train": {"seed": 0, "deterministic": True,
+                  "global_stage": {**stage, "batch_size": 8, "temperature": 0.5},
+                  "local_stage": {**stage, "batch_size": 4, "mode": "block", "block_size": 16},
+                  "finetune_stage": {**stage, "batch_size": 2, "validate_every_epochs": 1}},
+    }
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run_until(args: list[str], cwd: Path, env: dict, log: Path, ready, what: str) -> None:
+    """Start throttled `cli.py ARGS`, SIGKILL it as soon as `ready()` holds."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(SCRIPTS / "throttled_cli.py"), *args],
+                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while not ready():
+                assert proc.poll() is None, f"ended before {what}: {log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no {what} within 240 s"
+                time.sleep(0.02)
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_sigkill_inside_every_stage_and_export_then_rerun_matches_an_uninterrupted_run(phantom_dir, tmp_path):
+    """Killed once inside the global, the local and the fine-tuning stage, then inside
+    export: re-running the same commands finishes, with the weights of an uninterrupted
+    run, and no partial SavedModel is ever where `predict` would load it.
+
+    Every op on this path is deterministic on the CPU with a fixed data order
+    (`train.deterministic`), so the weights are compared for equality up to float32
+    round-off (1e-6); oneDNN's convolutions and Eigen's reductions give the same result
+    for the same inputs and thread count."""
+    import numpy as np
+
+    cfg = _three_stage_config(tmp_path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    runs = {name: ["run", "--config", str(cfg), "--data", str(phantom_dir), "--method", "global+local-block",
+                   "--fraction", "0.5", "--fold", "0", "--out", str(tmp_path / name)]
+            for name in ("uninterrupted", "killed")}
+    plain = subprocess.run([sys.executable, str(REPO / "cli.py"), *runs["uninterrupted"]], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=400)
+    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+
+    cell = tmp_path / "killed" / "fold0" / "frac0.5" / "global+local-block"
+    folders = {"global": tmp_path / "killed" / "fold0" / "global", "local": cell / "local", "finetune": cell / "finetune"}
+    slow = {**env, "TFSEMISEG_STEP_DELAY": "0.1"}
+    for stage in THREE_STAGES:
+        folder = folders[stage]
+        _run_until(runs["killed"], tmp_path, slow, tmp_path / f"kill_{stage}.log",
+                   lambda: _latest_checkpoint_step(folder / "checkpoints") > 0, f"a {stage} checkpoint")
+        assert not (folder / "stage.json").exists(), f"killed after {stage} finished"
+    again = subprocess.run([sys.executable, str(REPO / "cli.py"), *runs["killed"]], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for stage in THREE_STAGES:
+        info = json.loads((folders[stage] / "stage.json").read_text())
+        assert "resumed from" in (folders[stage] / "train.log").read_text(), stage
+        a = np.load(folders[stage] / "weights.npz")
+        ref_folder = Path(str(folders[stage]).replace("killed", "uninterrupted", 1))
+        b = np.load(ref_folder / "weights.npz")
+        assert sorted(a.files) == sorted(b.files)
+        bad = [k for k in a.files if not np.allclose(a[k], b[k], rtol=1e-6, atol=1e-6)]
+        assert not bad, f"{stage}: weights differ from the uninterrupted run: {bad[:5]}"
+        assert info["steps"] == json.loads((ref_folder / "stage.json").read_text())["steps"]
+
+    # export, killed after the SavedModel is written into its temporary folder
+    dest = tmp_path / "models" / "m"
+    export = ["export", str(cell), "--to", str(dest)]
+    _run_until(export, tmp_path, {**env, "TFSEMISEG_EXPORT_DELAY": "60"}, tmp_path / "kill_export.log",
+               lambda: any((p / "saved_model.pb").exists() for p in dest.parent.glob(".m.*")), "a temporary SavedModel")
+    assert not dest.exists()  # nothing where predict would look
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), *export], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (dest / "saved_model.pb").is_file() and (dest / "metadata.json").is_file()
+    assert [p.name for p in dest.parent.iterdir()] == ["m"]  # the killed export's leftovers are gone
+    meta = json.loads((dest / "metadata.json").read_text())
+    assert meta["training_precision"] == {"global": "float32", "local": "float32", "finetune": "float32"}
+
+
+def test_retrained_parent_stage_makes_later_stages_stale(phantom_dir, tmp_path):
+    """Once a parent stage is retrained (other weights), every finished stage after it is
+    refused, one at a time, with the folder to delete named; deleting it as told and
+    rerunning the same command retrains it."""
+    import shutil
+
+    cfg = _three_stage_config(tmp_path)
+    root = tmp_path / "r"
+    args = [sys.executable, str(REPO / "cli.py"), "run", "--config", str(cfg), "--data", str(phantom_dir),
+            "--method", "global+local-block", "--fraction", "0.5", "--fold", "0", "--out", str(root),
+            "--set", "train.local_stage.epochs=1", "--set", "train.finetune_stage.epochs=1"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*args, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+
+    first = run("--set", "train.global_stage.epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    cell = root / "fold0" / "frac0.5" / "global+local-block"
+    shutil.rmtree(root / "fold0" / "global")  # the global stage retrained, for longer
+    retrained = run("--set", "train.global_stage.epochs=2")
+    assert retrained.returncode != 0
+    assert f"{cell / 'local'}: stale" in retrained.stderr and f"delete {cell / 'local'}" in retrained.stderr
+    assert "Traceback" not in retrained.stderr
+    assert json.loads((root / "fold0" / "global" / "stage.json").read_text())["epochs"] == 2
+    shutil.rmtree(cell / "local")  # as told: then the fine-tuning stage is the stale one
+    retrained = run("--set", "train.global_stage.epochs=2")
+    assert retrained.returncode != 0 and f"{cell / 'finetune'}: stale" in retrained.stderr
+    shutil.rmtree(cell / "finetune")
+    done = run("--set", "train.global_stage.epochs=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "already finished" in done.stdout  # global and local reused, fine-tuning retrained
+    assert json.loads((cell / "result.json").read_text())["stages"]["global"]["epochs"] == 2

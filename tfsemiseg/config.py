@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,9 +41,15 @@ class DataConfig:
     # add MSD imagesTs (no labels) to the global (unlabeled) stage
     use_test_images_unlabeled: bool = False
     cache_dir: str = ".cache/tfsemiseg"
+    # voxel size in mm [sx, sy, sz] for every file, in place of the headers' (only for datasets
+    # whose headers are known to be broken: zero, negative or NaN voxel sizes are refused otherwise)
+    spacing: Optional[tuple[float, float, float]] = None
 
     def validate(self) -> None:
         _check(self.image_size >= 8, "data.image_size", "must be >= 8")
+        if self.spacing is not None:
+            _check(len(self.spacing) == 3 and all(math.isfinite(s) and s > 0 for s in self.spacing),
+                   "data.spacing", "must be three finite voxel sizes > 0 in mm, or null")
         _check(self.slice_axis in (-3, -2, -1, 0, 1, 2), "data.slice_axis", "must be one of 0, 1, 2 (or -3..-1)")
         _check(self.channel >= 0, "data.channel", "must be >= 0")
         if self.layout == "mmwhs":

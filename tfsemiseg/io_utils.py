@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -50,9 +51,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; move it onto `path` on success."""
+    """Yield a temporary folder beside `path`; move it onto `path` on success.
+
+    Temporary folders that a killed earlier write of the same `path` left behind are
+    removed first.
+    """
     path = Path(path)
     ensure_writable_dir(path.parent)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

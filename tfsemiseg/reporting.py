@@ -46,12 +46,34 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
     return results
 
 
+def evaluation_of(result: dict[str, Any], mirror: bool) -> Optional[dict[str, Any]]:
+    """The test evaluation of a result with test-time mirroring on or off (None if not run).
+
+    A result holds the configured evaluation in "metrics" and, since both are computed,
+    the other setting in "extra_metrics"; older results name the setting only in their config.
+    """
+    default = bool(result.get("config", {}).get("evaluation", {}).get("mirror", False))
+    for m in [result["metrics"], *result.get("extra_metrics", [])]:
+        if bool(m.get("mirror", default)) == mirror:
+            return m
+    return None
+
+
+METRICS = ("pooled_dice", "pooled_dice_mirrored", "volume_dice", "hd95_mm", "hd95_all_mm", "missed")
+
+
 def _cell_values(result: dict[str, Any]) -> dict[str, Optional[float]]:
-    m = result["metrics"]
+    """The single-pass figures of a result (the paper's protocol), and mirrored pooled Dice."""
+    m = evaluation_of(result, False)
+    mirrored = evaluation_of(result, True)
+    hd = m["hd95_mm"] if m else {}
     return {
-        "pooled_dice": m["pooled_dice"]["mean"],
-        "volume_dice": m["volume_dice"]["mean_over_classes"],
-        "hd95_mm": m["hd95_mm"]["mean_over_classes"],
+        "pooled_dice": m["pooled_dice"]["mean"] if m else None,
+        "pooled_dice_mirrored": mirrored["pooled_dice"]["mean"] if mirrored else None,
+        "volume_dice": m["volume_dice"]["mean_over_classes"] if m else None,
+        "hd95_mm": hd.get("mean_over_classes"),
+        "hd95_all_mm": hd.get("mean_all_over_classes"),
+        "missed": float(sum(c.get("missing_prediction", 0) for c in hd["status_counts"])) if "status_counts" in hd else None,
     }
 
 
@@ -63,7 +85,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str
     out = {}
     for key, rs in cells.items():
         stats: dict[str, Any] = {"folds": sorted(r["fold"] for r in rs)}
-        for metric in ("pooled_dice", "volume_dice", "hd95_mm"):
+        for metric in METRICS:
             vals = np.array([v for r in rs if (v := _cell_values(r)[metric]) is not None], float)
             stats[metric] = (float(vals.mean()), float(vals.std()) if len(vals) > 1 else float("nan")) if len(vals) else None
         out[key] = stats
@@ -84,23 +106,39 @@ def _ordered_methods(keys) -> list[str]:
 
 
 def markdown_table(agg: dict[tuple[str, float], dict[str, Any]], paper: Optional[dict] = None) -> str:
+    """Table 1: single-pass pooled Dice with the paper's number, and with test-time mirroring."""
+    def cells(s, m, f):
+        ref = (paper or {}).get(m, {}).get(f)
+        ref_txt = f" ({ref:.3f})" if ref is not None else ""
+        return [(_fmt(s["pooled_dice"]) if s else "-") + ref_txt, _fmt(s["pooled_dice_mirrored"]) if s else "-"]
+
+    return _table(agg, "pooled Dice (paper) | mirrored", 2, cells)
+
+
+def detail_table(agg: dict[tuple[str, float], dict[str, Any]]) -> str:
+    """Per-volume Dice, HD95 over the volumes where both masks exist, HD95 over every
+    volume (a miss counted as the volume's diagonal) and the classes missed, single pass."""
+    def cells(s, m, f):
+        if not s:
+            return ["-"] * 4
+        return [_fmt(s["volume_dice"]), _fmt(s["hd95_mm"], 2), _fmt(s["hd95_all_mm"], 2), _fmt(s["missed"], 1)]
+
+    return _table(agg, "per-volume Dice | HD95 mm | HD95 mm, all volumes | classes missed", 4, cells)
+
+
+def _table(agg, heading: str, width: int, cells) -> str:
     fractions = sorted({f for _, f in agg})
     methods = _ordered_methods(agg)
-    head = "| method | " + " | ".join(
-        f"{100 * f:g}%: pooled Dice (paper) | per-volume Dice | HD95 mm" for f in fractions) + " | folds |"
-    lines = [head, "|---|" + "---|---|---|" * len(fractions) + "---|"]
+    head = "| method | " + " | ".join(f"{100 * f:g}%: {heading}" for f in fractions) + " | folds |"
+    lines = [head, "|---|" + "---|" * (width * len(fractions)) + "---|"]
     for m in methods:
-        cells, folds = [], {}
+        row, folds = [], {}
         for f in fractions:
             s = agg.get((m, f))
-            ref = (paper or {}).get(m, {}).get(f)
-            ref_txt = f" ({ref:.3f})" if ref is not None else ""
-            cells.append((_fmt(s["pooled_dice"]) if s else "-") + ref_txt)
-            cells.append(_fmt(s["volume_dice"]) if s else "-")
-            cells.append(_fmt(s["hd95_mm"], 2) if s else "-")
+            row += cells(s, m, f)
             if s:
                 folds[f] = ",".join(map(str, s["folds"]))
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_folds_text(folds)} |")
+        lines.append(f"| {m} | " + " | ".join(row) + f" | {_folds_text(folds)} |")
     return "\n".join(lines)
 
 
@@ -114,12 +152,11 @@ def _folds_text(folds: dict[float, str]) -> str:
 def results_csv(results: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "fraction", "fold", "labeled_volumes", "pooled_dice", "volume_dice", "hd95_mm", "split_digest"])
+    w.writerow(["method", "fraction", "fold", "labeled_volumes", *METRICS, "split_digest"])
     for r in sorted(results, key=lambda r: (r["method"], r["fraction"], r["fold"])):
         v = _cell_values(r)
         w.writerow([r["method"], r["fraction"], r["fold"], r["num_labeled_volumes"],
-                    *("" if v[k] is None else f"{v[k]:.5f}" for k in ("pooled_dice", "volume_dice", "hd95_mm")),
-                    r["split_digest"]])
+                    *("" if v[k] is None else f"{v[k]:.5f}" for k in METRICS), r["split_digest"]])
     return buf.getvalue()
 
 
@@ -154,7 +191,7 @@ def plot(agg: dict[tuple[str, float], dict[str, Any]], path: Path, paper: Option
 def _case_dice(result: dict[str, Any]) -> dict[str, float]:
     """case id -> Dice averaged over the classes scored in that volume."""
     out = {}
-    for case in result.get("metrics", {}).get("cases", []):
+    for case in (evaluation_of(result, False) or {}).get("cases", []):
         vals = [v for v in case.get("dice", []) if v is not None]
         if vals:
             out[case["case"]] = float(np.mean(vals))
@@ -227,9 +264,13 @@ def write_report(results_dir: Path, out_dir: Optional[Path] = None) -> dict[str,
     paper = PAPER_HIPPOCAMPUS if all(r.get("dataset", "").lower() == "hippocampus" for r in results) else None
     agg = aggregate(results)
     md = ["# Results", "", f"{len(results)} result files under `{results_dir}`. Cells: mean ± std over folds "
-          "of the test-set pooled Dice (the paper's metric; the paper's number in brackets), of the mean "
-          "per-volume Dice at native resolution and of the mean per-volume HD95 in mm. The last column "
-          "says which folds each cell averages.", "", markdown_table(agg, paper), ""]
+          "of the test-set pooled Dice in a single pass (the paper's metric; the paper's number in brackets) "
+          "and with test-time mirroring. The last column says which folds each cell averages.", "",
+          markdown_table(agg, paper), "",
+          "Single pass: mean per-volume Dice at native resolution; mean HD95 over the volumes where "
+          "both prediction and label hold the class; mean HD95 over every volume holding the class in "
+          "either, a missed class counted as the volume's diagonal in mm; classes missed (present in the "
+          "label, absent from the prediction) per fold, summed over classes.", "", detail_table(agg), ""]
     diffs = paired_differences(results)
     if diffs:
         md += ["## Against random init, volume by volume", "",

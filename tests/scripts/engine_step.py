@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-STAGES = ("global", "local-stride", "local-block", "finetune")  # and "<stage>+clip"
+STAGES = ("global", "local-stride", "local-block", "local-full", "local-self", "finetune", "mixup", "tcsm")
+# and "<stage>+clip"
 CLIP_NORM = 0.05
-MODEL_OF = {"global": "global_model", "local": "local_model", "finetune": "segmenter"}
+MODEL_OF = {"global": "global_model", "local": "local_model", "finetune": "segmenter", "mixup": "segmenter",
+            "tcsm": "segmenter"}
 BATCH = 4
 SIZE = 32
 NUM_CLASSES = 3
@@ -63,6 +65,8 @@ def make_config(clip_norm=None):
         "train.local_stage": {**common, "learning_rate": small_grads, "temperature": 0.1, "stride": 4,
                               "block_size": 16},
         "train.finetune_stage": {**common, "learning_rate": small_grads},
+        "train.baselines.tcsm_unlabeled_batch_size": BATCH,
+        "train.baselines.tcsm_rampup_epochs": 0.0,  # full consistency weight from the first step
     })
 
 
@@ -110,6 +114,7 @@ def run_stages(strategy, init: Path, out: Path, stages=STAGES, clip_norm=None) -
     from tfsemiseg.data.prepared import TrainingArrays
     from tfsemiseg.models.transfer import save_weights_by_name
     from tfsemiseg.training import engine
+    from tfsemiseg.training.baselines import LocalSelfTask, MixupTask, TCSMTask
     from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
 
     def adam_eps1(cfg, lr, precision):
@@ -122,8 +127,10 @@ def run_stages(strategy, init: Path, out: Path, stages=STAGES, clip_norm=None) -
     noise = np.random.default_rng(1).standard_normal(images.shape).astype(np.float32)
     x2 = tf.constant((images + 0.1 * noise)[..., None])  # second view, pixel-aligned with x
     y = tf.constant(labels.astype(np.int32))
-    batches = {"global": (x, x2), "local": (x, x2, y), "finetune": (x, y)}
-    classes = {"global": GlobalTask, "local": LocalTask, "finetune": FinetuneTask}
+    batches = {"global": (x, x2), "local": (x, x2, y), "local-self": (x, x2), "finetune": (x, y),
+               "mixup": (x, y), "tcsm": ((x, y), x2)}
+    classes = {"global": GlobalTask, "local": LocalTask, "local-self": LocalSelfTask, "finetune": FinetuneTask,
+               "mixup": MixupTask, "tcsm": TCSMTask}
 
     results = {}
     saved = engine.make_optimizer
@@ -133,18 +140,21 @@ def run_stages(strategy, init: Path, out: Path, stages=STAGES, clip_norm=None) -
             name, _, extra = stage.partition("+")  # "+clip": clip_norm far below the gradient norm
             kind, _, mode = name.partition("-")
             scfg = make_config(CLIP_NORM if extra == "clip" else clip_norm)
-            scfg = scfg.replace(**{"train.local_stage.mode": mode}) if mode else scfg
+            scfg = scfg.replace(**{"train.local_stage.mode": mode}) if mode not in ("", "self") else scfg
             init_file = Path(init) / f"{MODEL_OF[kind]}_init.npz"
-            task = classes[kind](scfg, arrays, NUM_CLASSES, init_from=(init_file, ()), num_replicas=n)
+            key = name if name in classes else kind
+            if key in ("mixup", "tcsm"):  # smaller gradients (mixed targets; the teacher takes half the step)
+                scfg = scfg.replace(**{"train.finetune_stage.learning_rate": 0.5})
+            task = classes[key](scfg, arrays, NUM_CLASSES, init_from=(init_file, ()), num_replicas=n)
             task.steps_per_epoch = 1
-            batch = batches[kind]
+            batch = batches[key]
             task.dataset = lambda seed, batch=batch: tf.data.Dataset.from_tensors(batch).repeat()
             trainer = engine.Trainer(task, task.stage, Path(out) / stage, strategy, seed=0, progress=False)
             result = trainer.fit()
             save_weights_by_name(task.model, Path(out) / f"{stage}_after.npz")
             results[stage] = {"loss": result.last_loss, "steps": result.steps,
                               "iterations": int(trainer.optimizer.iterations.numpy())}
-            if kind == "local":
+            if kind == "local" and mode != "self":
                 # then a batch without foreground: a skipped step changes nothing
                 before = [v.numpy().copy() for v in task.model.variables]
                 empty = tf.data.Dataset.from_tensors((x, x2, tf.zeros_like(y))).repeat()

@@ -25,7 +25,7 @@ from tfsemiseg.data.nifti import read_image, read_label
 from tfsemiseg.errors import DataError
 from tfsemiseg.io_utils import atomic_path, ensure_writable_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: voxel sizes as written in the header are checked
 
 
 @dataclass
@@ -75,12 +75,12 @@ def resize_slices(slices: np.ndarray, size: int, method: str) -> np.ndarray:
 
 def preprocess_case(case: Case, cfg: DataConfig, num_classes: int) -> SliceVolume:
     """Read, validate and preprocess one case (image and, if present, label)."""
-    img = read_image(case.image, cfg.channel)
+    img = read_image(case.image, cfg.channel, cfg.spacing)
     axis = cfg.slice_axis % 3
     image = to_slices(minmax_normalise(img.array), axis)
     label = native = None
     if case.label is not None:
-        lab = read_label(case.label, num_classes, cfg.label_map)
+        lab = read_label(case.label, num_classes, cfg.label_map, cfg.spacing)
         if lab.array.shape != img.array.shape:
             raise DataError(
                 f"{case.label}: label shape {lab.array.shape} does not match image {case.image.name} shape {img.array.shape}"
@@ -111,6 +111,7 @@ def _preprocess_key(cfg: DataConfig, num_classes: int) -> str:
         "channel": cfg.channel,
         "label_map": sorted((cfg.label_map or {}).items()),
         "num_classes": num_classes,
+        **({"spacing": list(cfg.spacing)} if cfg.spacing is not None else {}),
     }
     return json.dumps(relevant, sort_keys=True)
 

@@ -81,6 +81,7 @@ def export_run(run_dir: Path, dest: Path, overwrite: bool = False) -> Path:
         "fold": result["fold"],
         "labeled_fraction": result["fraction"],
         "labeled_volumes": result["num_labeled_volumes"],
+        "training_precision": {stage: info.get("precision") for stage, info in result.get("stages", {}).items()},
         "test_metrics": {k: v for k, v in result["metrics"].items() if k != "cases"},
         "training_config": result["config"],
         "tfsemiseg_version": tfsemiseg.__version__,

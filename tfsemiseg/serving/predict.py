@@ -10,18 +10,19 @@ Outputs are written to a temporary file and renamed; existing outputs are refuse
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.data.datasets import case_id_of
-from tfsemiseg.data.nifti import load_nifti
+from tfsemiseg.data.nifti import checked_spacing, load_nifti
 from tfsemiseg.errors import DataError, TfSemisegError
 from tfsemiseg.io_utils import ensure_writable_dir
 from tfsemiseg.serving.export import METADATA
@@ -88,11 +89,40 @@ def _save_atomic(img: nib.Nifti1Image, dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read_volume(path: Path) -> nib.Nifti1Image:
+def _read_volume(path: Path, spacing: Optional[Sequence[float]] = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The image and its float32 data [X, Y, Z], or one DataError naming the file."""
     img = load_nifti(path)
     if len(img.shape) != 3:
         raise DataError(f"{path}: expected a 3D volume, got {len(img.shape)}D of shape {img.shape}")
-    return img
+    checked_spacing(path, img, spacing)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise DataError(f"{path}: volume has non-finite intensities")
+    if min(data.shape) < 1:
+        raise DataError(f"{path}: empty volume of shape {data.shape}")
+    return img, data
+
+
+def _like_input(data: np.ndarray, dtype, img: nib.Nifti1Image,
+                spacing: Optional[Sequence[float]] = None) -> nib.Nifti1Image:
+    """`data` with the input's header and geometry (qform, sform and their codes); with a
+    `spacing` override, its voxel sizes replace the header's, and where the header's
+    geometry is not finite it is rebuilt from them."""
+    header = img.header.copy()
+    header.set_data_dtype(dtype)
+    affine, qform, sform = img.affine, img.get_qform(), img.get_sform()
+    qcode, scode = int(img.header["qform_code"]), int(img.header["sform_code"])
+    if spacing is not None:
+        written = [float(z) for z in header["pixdim"][1:4]]
+        header["pixdim"][1:4] = spacing
+        if not all(math.isfinite(z) and z > 0 for z in written) or not np.all(np.isfinite(affine)):
+            affine = qform = sform = np.diag([*(float(s) for s in spacing), 1.0])
+            qcode = qcode or 1
+    out = nib.Nifti1Image(data, affine, header)
+    out.set_qform(qform, code=qcode)
+    out.set_sform(sform, code=scode)
+    out.header.set_slope_inter(1, 0)
+    return out
 
 
 def output_paths(path: Path, out_dir: Path) -> tuple[Path, Path]:
@@ -107,8 +137,13 @@ def predict_files(
     force: bool = False,
     probabilities: bool = False,
     on_file: Optional[Callable[[Prediction], None]] = None,
+    spacing: Optional[Sequence[float]] = None,
 ) -> list[Prediction]:
-    """Segment every input volume; refuse to overwrite existing outputs unless `force`."""
+    """Segment every input volume; refuse to overwrite existing outputs unless `force`.
+
+    Every input is read and checked (3D, voxel sizes finite and > 0 unless `spacing`
+    overrides them, finite intensities) before the first output is written.
+    """
     files = expand_inputs(inputs)
     out_dir = ensure_writable_dir(Path(out_dir))
     if not force:
@@ -116,32 +151,18 @@ def predict_files(
             for target in output_paths(f, out_dir)[: 2 if probabilities else 1]:
                 if target.exists():
                     raise TfSemisegError(f"{target}: already exists (use --force to overwrite)")
+    for f in files:  # every input is checked before anything is written
+        _read_volume(f, spacing)
     model = Segmenter(model_dir)
     results = []
     for f in files:
         start = time.perf_counter()
-        img = _read_volume(f)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        if not np.all(np.isfinite(data)):
-            raise DataError(f"{f}: volume has non-finite intensities")
-        if min(data.shape) < 1:
-            raise DataError(f"{f}: empty volume of shape {data.shape}")
+        img, data = _read_volume(f, spacing)
         labels, probs = model.segment(data)
         label_path, prob_path = output_paths(f, out_dir)
-        header = img.header.copy()
-        header.set_data_dtype(np.uint8)
-        out = nib.Nifti1Image(labels, img.affine, header)
-        out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
-        out.set_sform(img.get_sform(), code=int(img.header["sform_code"]))
-        out.header.set_slope_inter(1, 0)
-        _save_atomic(out, label_path)
+        _save_atomic(_like_input(labels, np.uint8, img, spacing), label_path)
         if probabilities:
-            pheader = img.header.copy()
-            pheader.set_data_dtype(np.float32)
-            pimg = nib.Nifti1Image(probs.astype(np.float32), img.affine, pheader)
-            pimg.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
-            pimg.set_sform(img.get_sform(), code=int(img.header["sform_code"]))
-            _save_atomic(pimg, prob_path)
+            _save_atomic(_like_input(probs.astype(np.float32), np.float32, img, spacing), prob_path)
         counts = np.bincount(labels.ravel(), minlength=len(model.class_names))[: len(model.class_names)]
         pred = Prediction(f, label_path, tuple(labels.shape), time.perf_counter() - start, [int(c) for c in counts])
         results.append(pred)

@@ -26,7 +26,7 @@ from tfsemiseg.losses import (
 )
 from tfsemiseg.models.unet import build_unet
 from tfsemiseg.training.stages import FinetuneTask, UNetTask
-from tfsemiseg.training.strategy import replica_gather
+from tfsemiseg.training.strategy import num_replicas, replica_gather, replica_slice
 
 
 def sample_beta(alpha: float, seed: tf.Tensor) -> tf.Tensor:
@@ -39,16 +39,18 @@ def sample_beta(alpha: float, seed: tf.Tensor) -> tf.Tensor:
 class MixupTask(FinetuneTask):
     """Fine-tuning where each batch is mixed with a permuted copy of itself."""
 
-    def loss(self, batch, rng):
+    def loss(self, batch, seed):
+        """One lambda and one permutation of the global batch, shared by every replica: each
+        replica mixes the gathered batch, forwards its own part, and the loss of the gathered
+        logits uses the lambda every image was mixed with."""
         image, label = batch
-        seeds = tf.transpose(rng.make_seeds(3))  # [3, 2]
+        seeds = tf.random.experimental.stateless_split(seed, 3)  # [3, 2]
         lam = sample_beta(self.cfg.train.baselines.mixup_alpha, seeds[:2])
-        perm = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(image)[0]), seed=seeds[2])
-        mixed = lam * image + (1.0 - lam) * tf.gather(image, perm)
+        images, labels = replica_gather(image), replica_gather(label)
+        perm = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(images)[0]), seed=seeds[2])
+        mixed = replica_slice(lam * images + (1.0 - lam) * tf.gather(images, perm), tf.shape(image)[0])
         logits = self.model(mixed, training=True)
-        loss = mixup_loss(
-            replica_gather(logits), replica_gather(label), replica_gather(tf.gather(label, perm)), lam, self.num_classes
-        )
+        loss = mixup_loss(replica_gather(logits), labels, tf.gather(labels, perm), lam, self.num_classes)
         return loss, tf.shape(image)[0]
 
 
@@ -86,6 +88,10 @@ class TCSMTask(FinetuneTask):
         return self.unet.segmenter
 
     @property
+    def init_target(self) -> keras.Model:
+        return self.student  # the teacher starts as a copy of it
+
+    @property
     def model(self) -> keras.Model:
         return self.teacher_unet.segmenter
 
@@ -112,21 +118,29 @@ class TCSMTask(FinetuneTask):
         epochs = tf.cast(self.updates, tf.float32) / float(self.steps_per_epoch)
         return self.settings.tcsm_consistency_weight * sigmoid_rampup(epochs, self.settings.tcsm_rampup_epochs)
 
-    def sample_transform(self, rng: tf.random.Generator) -> tuple[tf.Tensor, tf.Tensor]:
-        """T for one step: (k quarter turns in 0..3, or 0 without `tcsm_rotate90`; flip or not)."""
-        k = rng.uniform([], 0, 4, dtype=tf.int32)
+    def sample_transform(self, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """T for one step from a seed [2]: (k quarter turns in 0..3, or 0 without
+        `tcsm_rotate90`; flip or not)."""
+        s_k, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        k = tf.random.stateless_uniform([], s_k, 0, 4, dtype=tf.int32)
         if not self.settings.tcsm_rotate90:
             k = tf.zeros_like(k)
-        return k, rng.uniform([]) < 0.5
+        return k, tf.random.stateless_uniform([], s_flip) < 0.5
 
-    def loss(self, batch, rng):
+    def _noise(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """This replica's part of Gaussian noise drawn for the global batch of x's kind."""
+        n = tf.shape(x)[0]
+        shape = tf.concat([[n * num_replicas()], tf.shape(x)[1:]], 0)
+        return replica_slice(self.settings.tcsm_noise_std * tf.random.stateless_normal(shape, seed), n)
+
+    def loss(self, batch, seed):
         (x_l, y_l), x_u = batch
         n_l = tf.shape(x_l)[0]
         x = tf.concat([x_l, x_u], 0)
-        k, flip = self.sample_transform(rng)
-        std = self.settings.tcsm_noise_std
-        noisy_s = x + std * rng.normal(tf.shape(x))
-        noisy_t = x + std * rng.normal(tf.shape(x))
+        s_t, s_ls, s_us, s_lt, s_ut = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+        k, flip = self.sample_transform(s_t)
+        noisy_s = x + tf.concat([self._noise(x_l, s_ls), self._noise(x_u, s_us)], 0)
+        noisy_t = x + tf.concat([self._noise(x_l, s_lt), self._noise(x_u, s_ut)], 0)
         student_logits = self.student(flip_rotate(noisy_s, k, flip), training=True)
         teacher_probs = flip_rotate(tf.nn.softmax(tf.cast(self.model(noisy_t, training=True), tf.float32)), k, flip)
         y_t = flip_rotate(tf.cast(y_l, tf.int32)[..., None], k, flip)[..., 0]
@@ -161,7 +175,7 @@ class LocalSelfTask(UNetTask):
     def model(self) -> keras.Model:
         return self.unet.local_model
 
-    def loss(self, batch, rng):
+    def loss(self, batch, seed):
         view_a, view_b = batch
         f = self.model(tf.concat([view_a, view_b], 0), training=True)
         f_a, f_b = tf.split(f, 2, axis=0)

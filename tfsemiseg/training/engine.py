@@ -43,6 +43,11 @@ class Task:
     over its samples, or a loss of the gathered global batch that every replica
     computes alike) and the number of terms that contributed (0 means "nothing to learn
     from": the step is skipped when the sum over replicas is 0).
+
+    `loss` gets the step's random seed, int64 [2], the same on every replica and every
+    worker: a task draws its randomness with stateless ops for the global batch and
+    takes its replica's part (`replica_slice`), so any number of replicas draws what one
+    device draws.
     """
 
     name: str = "task"
@@ -67,7 +72,7 @@ class Task:
         """Objects saved in checkpoints besides the optimizer and counters."""
         return {"model": self.model}
 
-    def loss(self, batch: Any, rng: tf.random.Generator) -> tuple[tf.Tensor, tf.Tensor]:  # pragma: no cover
+    def loss(self, batch: Any, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
     def after_update(self) -> None:
@@ -175,6 +180,7 @@ class Trainer:
         self.log = _logger(self.stage_dir, task.name if self.chief else f"{task.name} worker {worker}", self.chief)
         self.total_steps = cfg.epochs * task.steps_per_epoch
         with strategy.scope():
+            keras.utils.set_random_seed(seed)  # the initial weights follow train.seed too
             task.build()
             self._schedule = learning_rate_schedule(cfg, self.total_steps, task.steps_per_epoch)
             # With several replicas the Keras optimizer would clip each replica's partial
@@ -183,7 +189,9 @@ class Trainer:
             self.optimizer = make_optimizer(opt_cfg, self._schedule, precision)
             # Keras 3: build before the first step, a lazily built optimizer fails in strategy.run
             self.optimizer.build(task.trainable_variables)
-            self.rng = tf.random.Generator.from_seed(seed)
+        # Outside the scope: one generator, not one per replica. Each step draws its seed in
+        # cross-replica context and hands it to every replica (every worker draws alike).
+        self.rng = tf.random.Generator.from_seed(seed)
         # Host-side counters, read with int()/float() in the loop: created outside the
         # strategy scope (a MirroredVariable has no __int__/__float__).
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -211,9 +219,9 @@ class Trainer:
         # step is skipped (nothing to learn from) or rejected (non-finite loss).
         state = list(task.state_variables)
 
-        def forward_backward(batch):
+        def forward_backward(batch, seed):
             with tf.GradientTape() as tape:
-                loss, count = task.loss(batch, self.rng)
+                loss, count = task.loss(batch, seed)
                 loss = tf.cast(loss, tf.float32)
                 per_replica = loss / num_replicas
                 if scaled:
@@ -236,7 +244,8 @@ class Trainer:
         def train_step(iterator):
             batch = next(iterator)
             saved = [tf.identity(v) for v in state]
-            loss, count, grads = strategy.run(forward_backward, args=(batch,))
+            seed = self.rng.make_seeds(1)[:, 0]
+            loss, count, grads = strategy.run(forward_backward, args=(batch, seed))
             mean_loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
             total = strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
             finite = tf.math.is_finite(mean_loss)

@@ -60,7 +60,12 @@ class UNetTask(Task):
         self.unet = build_unet(self.cfg.model, self.cfg.data.image_size, self.num_classes)
         if self.init_from is not None:
             path, require = self.init_from
-            self.transfer = load_weights_by_name(self.model, path, require)
+            self.transfer = load_weights_by_name(self.init_target, path, require)
+
+    @property
+    def init_target(self) -> keras.Model:
+        """The model that initial weights are loaded into."""
+        return self.model
 
 
 class GlobalTask(UNetTask):
@@ -74,7 +79,7 @@ class GlobalTask(UNetTask):
     def model(self) -> keras.Model:
         return self.unet.global_model
 
-    def loss(self, batch, rng):
+    def loss(self, batch, seed):
         view_a, view_b = batch
         z = self.model(tf.concat([view_a, view_b], 0), training=True)
         z_a, z_b = tf.split(z, 2, axis=0)
@@ -97,7 +102,7 @@ class LocalTask(UNetTask):
     def model(self) -> keras.Model:
         return self.unet.local_model
 
-    def loss(self, batch, rng):
+    def loss(self, batch, seed):
         view_a, view_b, label = batch
         features = self.model(tf.concat([view_a, view_b], 0), training=True)
         labels = tf.concat([label, label], 0)
@@ -133,7 +138,7 @@ class FinetuneTask(UNetTask):
     def model(self) -> keras.Model:
         return self.unet.segmenter
 
-    def loss(self, batch, rng):
+    def loss(self, batch, seed):
         image, label = batch
         logits = self.model(image, training=True)
         loss = segmentation_loss(replica_gather(logits), replica_gather(label), self.num_classes)

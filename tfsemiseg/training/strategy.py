@@ -86,4 +86,25 @@ def replica_gather(x: tf.Tensor) -> tf.Tensor:
     # input's device as its destination, and under MultiWorkerMirroredStrategy (one
     # replica per worker) an input made outside `strategy.run` (a batch from the
     # distributed iterator) has none: "ValueError: destinations can not be empty".
-    return ctx.all_gather(tf.identity(x), axis=0)
+    out = ctx.all_gather(tf.identity(x), axis=0)
+    out.set_shape(tf.TensorShape([None]).concatenate(x.shape[1:]))  # all_gather loses the static shape
+    return out
+
+
+def replica_slice(x: tf.Tensor, local_size) -> tf.Tensor:
+    """This replica's part [local_size, ...] of a global-batch tensor x [R * local_size, ...].
+
+    The inverse of `replica_gather` (identity on one replica): randomness drawn for the
+    global batch from a seed every replica shares, then sliced, is what one device draws.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    start = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.cast(local_size, tf.int32)
+    return x[start : start + local_size]
+
+
+def num_replicas() -> int:
+    """Replicas in sync in the current replica context (1 outside any strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
