@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def unet_conv_shapes(depth: int, width: int, size: int) -> list[tuple[int, int, int]]:

@@ -47,9 +47,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.reference import Reference, machine_line, ratio, reference_cell  # noqa: E402
+from reference import Reference, machine_line, ratio, reference_cell  # noqa: E402
 
 DEFAULT_SUITE = [
     (64, 16, 128, ["stride4", "block16", "block32", "full", "dense_fg", "dense", "global"]),
@@ -206,7 +205,6 @@ def naive_dense_loss(features, labels, temperature):
 
 def spawn(case: dict, timeout: float) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         proc = subprocess.run(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,6 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(REPO_ROOT))
     import tempfile
 
     import numpy as np

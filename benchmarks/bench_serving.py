@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ REAL = REPO_ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 
 def export_untrained(cfg, dest: Path) -> Path:
     """A SavedModel of `cfg`'s U-Net with initial weights, through the real export path."""
-    from tfsemiseg.config import Config
     from tfsemiseg.models.transfer import save_weights_by_name
     from tfsemiseg.models.unet import build_unet
     from tfsemiseg.serving.export import export_run
@@ -48,7 +46,6 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
     import tensorflow as tf
 

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.reference import Reference, machine_line, ratio, reference_cell  # noqa: E402
+from reference import Reference, machine_line, ratio, reference_cell  # noqa: E402
 
 # stage:depth:width:batch (images per step; the contrastive stages see 2 views of each)
 DEFAULT_CASES = [
@@ -97,7 +96,6 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
 
 def child(args: argparse.Namespace) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(REPO_ROOT))
     import resource
 
     import numpy as np

@@ -11,9 +11,7 @@ import pytest
 from tfsemiseg.config import ModelConfig
 from tfsemiseg.models import build_unet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import bench_conv  # noqa: E402
+import bench_conv  # noqa: E402  (benchmarks/ is on pytest's pythonpath: pyproject.toml)
 import profile_train_step  # noqa: E402
 
 
@@ -43,7 +41,7 @@ def test_conv_gflop_counts_every_convolution():
 
 
 def test_ratio_is_reference_over_ours():
-    from benchmarks.reference import ratio, reference_cell
+    from reference import ratio, reference_cell
 
     assert ratio(50.0, {"ok": True, "ms": 500.0, "peak_gb": 1.0}) == "10.0x"
     assert ratio(50.0, {"ok": False, "error": "out of memory"}) == "-"

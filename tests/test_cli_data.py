@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import PHANTOM_SHAPE, PHANTOM_TRAIN, REPO, np_nearest, read_nifti
-from cli import cli
+from tfsemiseg.cli import cli
 
 SUMMARY_ROW = re.compile(r"^\s*(\d+) (train|val|test|labeled [0-9.]+|extra unlabeled)\s+(\d+)\s+(\d+)\s*(.*)$")
 

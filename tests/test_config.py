@@ -226,7 +226,7 @@ def test_cli_bad_config_key_subprocess(tmp_path):
 
 @pytest.mark.parametrize("command", [["download", "Task04_Hippocampus", "--to", "OUT"], ["prepare", "--data", "OUT"]])
 def test_cli_bad_config_type(tmp_path, command):
-    from cli import cli
+    from tfsemiseg.cli import cli
 
     bad = write_yaml(tmp_path / "bad.yaml", "split: {seed: many}\n")
     args = [a.replace("OUT", str(tmp_path / "x")) for a in command] + ["--config", str(bad)]

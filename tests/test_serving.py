@@ -103,7 +103,7 @@ def test_fresh_tensorflow_process_matches_library_prediction(trained_run, tmp_pa
 
 
 def test_predict_round_trips_a_real_volume_and_overlaps_its_label(trained_run, tmp_path):
-    from cli import cli
+    from tfsemiseg.cli import cli
 
     case = trained_run["test_cases"][0]["case"]  # a test-split volume: never trained on
     src = REAL_DATA / "imagesTr" / f"{case}.nii.gz"
@@ -137,7 +137,7 @@ def test_predict_round_trips_a_real_volume_and_overlaps_its_label(trained_run, t
 
 @pytest.mark.parametrize("kind", ["truncated", "2d", "4d", "4d-one-channel", "zero-zoom", "negative-zoom", "nan-zoom"])
 def test_predict_rejects_bad_inputs_with_one_clear_error(trained_run, tmp_path, kind):
-    from cli import cli
+    from tfsemiseg.cli import cli
 
     bad = tmp_path / f"bad_{kind}.nii.gz"
     good = tmp_path / "good.nii.gz"  # listed first: nothing is written for it either
@@ -175,7 +175,7 @@ def test_predict_rejects_bad_inputs_with_one_clear_error(trained_run, tmp_path, 
 
 
 def test_export_refuses_to_overwrite_and_leaves_no_temp(trained_run, tmp_path):
-    from cli import cli
+    from tfsemiseg.cli import cli
 
     dest = tmp_path / "m"
     dest.mkdir()

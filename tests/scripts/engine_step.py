@@ -27,13 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 STAGES = ("global", "local-stride", "local-block", "local-full", "local-self", "finetune", "mixup", "tcsm")
 # and "<stage>+clip"

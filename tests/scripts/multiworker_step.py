@@ -15,15 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-for path in (REPO, HERE):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
 
 def main() -> None:

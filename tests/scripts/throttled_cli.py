@@ -15,14 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import cli  # noqa: E402
-from tfsemiseg.training import engine  # noqa: E402
+from tfsemiseg import cli
+from tfsemiseg.training import engine
 
 DELAY = float(os.environ.get("TFSEMISEG_STEP_DELAY", "0.1"))
 _make_train_step = engine.Trainer._make_train_step
