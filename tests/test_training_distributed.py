@@ -170,9 +170,10 @@ def test_multi_worker_mirrored_strategy_two_workers_end_with_identical_weights(t
 
 def test_multi_worker_contrastive_and_finetune_steps_match_one_process(tmp_path) -> None:
     """Two worker processes (MultiWorkerMirroredStrategy on 127.0.0.1) take one step of the
-    global stage (NT-Xent over the batch gathered across the workers) and of fine-tuning on
-    a fixed global batch; each worker's loss and weights equal a single-process run's."""
-    stages = ("global", "finetune")
+    global stage (NT-Xent over the batch gathered across the workers) and of fine-tuning
+    (with gradient clipping) on a fixed global batch; each worker's loss and weights equal
+    a single-process run's."""
+    stages = ("global", "finetune+clip")  # clipped: the summed gradient of both workers is clipped
     init = tmp_path / "init"
     engine_step.write_init(init)
     ports = ",".join(map(str, _free_ports(2)))
@@ -191,6 +192,6 @@ def test_multi_worker_contrastive_and_finetune_steps_match_one_process(tmp_path)
         for stage in stages:
             assert np.isclose(r["stages"][stage]["loss"], one[stage]["loss"], rtol=1e-5, atol=1e-6), (i, stage)
             bad, moved = _compare(tmp_path / "one" / f"{stage}_after.npz", tmp_path / f"worker{i}" / f"{stage}_after.npz",
-                                  init / f"{engine_step.MODEL_OF[stage]}_init.npz")
+                                  init / f"{engine_step.MODEL_OF[stage.split('+')[0]]}_init.npz")
             assert not bad, f"worker {i}, {stage}: weights differ from one process: {bad}"
             assert moved > 100 * ATOL, stage

@@ -40,14 +40,16 @@ EXPORT_DELAY = float(os.environ.get("TFSEMISEG_EXPORT_DELAY", "0"))
 if EXPORT_DELAY:
     import keras
 
-    _write_out = keras.export.ExportArchive.write_out
+    # keras.export.ExportArchive() makes an instance of the backend's class (TFExportArchive)
+    _archive_class = type(keras.export.ExportArchive())
+    _write_out = _archive_class.write_out
 
     def _slow_write_out(self, *args, **kwargs):
         out = _write_out(self, *args, **kwargs)
         time.sleep(EXPORT_DELAY)
         return out
 
-    keras.export.ExportArchive.write_out = _slow_write_out
+    _archive_class.write_out = _slow_write_out
 
 if __name__ == "__main__":
     sys.exit(cli.cli())

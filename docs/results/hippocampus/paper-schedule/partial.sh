@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Keep unfinished stages of the grid across machines.
+#
+#   RUNS=/work/runs bash partial.sh save      # latest checkpoint of each unfinished stage -> partial/
+#   RUNS=/work/runs bash partial.sh restore   # partial/ -> RUNS, where RUNS has not got further
+#
+# `save` copies, for every stage folder under RUNS/paper without stage.json, its latest
+# checkpoint (the `checkpoint` index and that step's files) into partial/ beside this script,
+# replacing an older copy; `restore` copies each back into RUNS unless RUNS already holds a
+# checkpoint of that stage at the same or a later step. The queue then resumes from it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+RUNS=${RUNS:-/work/runs}
+step_of() { sed -n 's/^model_checkpoint_path: "ckpt-\([0-9]*\)"$/\1/p' "$1" 2>/dev/null || true; }
+case "${1:-}" in
+  save)
+    rm -rf "$here/partial.new"
+    while IFS= read -r index; do
+      stage=$(dirname "$(dirname "$index")"); rel=${stage#"$RUNS/paper/"}
+      [[ -f $stage/stage.json ]] && continue
+      step=$(step_of "$index"); [[ -n $step ]] || continue
+      mkdir -p "$here/partial.new/$rel/checkpoints"
+      cp "$index" "$stage/checkpoints/ckpt-$step".* "$here/partial.new/$rel/checkpoints/"
+      echo "saved $rel at step $step"
+    done < <(find "$RUNS/paper" -path '*/checkpoints/checkpoint' | sort)
+    rm -rf "$here/partial"; [[ -d $here/partial.new ]] && mv "$here/partial.new" "$here/partial" || true ;;
+  restore)
+    [[ -d $here/partial ]] || { echo "nothing saved"; exit 0; }
+    while IFS= read -r index; do
+      rel=$(dirname "$(dirname "${index#"$here/partial/"}")"); dest=$RUNS/paper/$rel
+      have=$(step_of "$dest/checkpoints/checkpoint"); want=$(step_of "$index")
+      if [[ -f $dest/stage.json || ( -n $have && $have -ge $want ) ]]; then echo "kept $rel (step ${have:-done})"; continue; fi
+      mkdir -p "$dest/checkpoints" && cp "$(dirname "$index")"/* "$dest/checkpoints/"
+      echo "restored $rel at step $want"
+    done < <(find "$here/partial" -path '*/checkpoints/checkpoint' | sort) ;;
+  *) echo "usage: partial.sh save|restore" >&2; exit 2 ;;
+esac
