@@ -109,7 +109,7 @@ class PooledValidator:
                  batch_size: int = 64, sample_slices: int = 4):
         if not volumes:
             raise ValueError("PooledValidator needs at least one volume")
-        self.model, self.num_classes, self.batch_size = model, int(num_classes), int(batch_size)
+        self.model, self.num_classes = model, int(num_classes)
         images = np.concatenate([v.image for v in volumes], 0)[..., None].astype(np.float32)
         labels = np.concatenate([v.label for v in volumes], 0).astype(np.int32)
         self._batches = [(tf.constant(images[i : i + batch_size]), tf.constant(labels[i : i + batch_size]))
@@ -189,10 +189,9 @@ def format_report(report: dict[str, Any]) -> str:
     rows.append(row("HD95 mm, per volume: std", hd["std"], "", "{:.2f}"))
     missed = [s.get("missing_prediction", 0) for s in hd["status_counts"]]
     rows.append(row("volumes with class missed", missed, "", "{}"))
-    if "mean_all" in hd:
-        rows.append(row("HD95 mm, all volumes (*)", hd["mean_all"], hd["mean_all_over_classes"], "{:.2f}"))
     notes = f"({report['num_volumes']} volumes" + (", test-time mirroring" if report.get("mirror") else "") + ")"
     if "mean_all" in hd:
+        rows.append(row("HD95 mm, all volumes (*)", hd["mean_all"], hd["mean_all_over_classes"], "{:.2f}"))
         notes += f"\n(*) {hd['miss_convention']}"
     return "\n".join(rows) + "\n" + notes
 
