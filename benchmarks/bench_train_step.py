@@ -72,9 +72,9 @@ def build_step(args: argparse.Namespace, tmp: Path):
     cfg = Config().replace(**{
         "data.image_size": s, "model.depth": depth, "model.base_width": width,
         f"train.{key}.batch_size": batch, f"train.{key}.epochs": 1,
-        "train.local_stage.mode": args.local_mode, "model.local_head_dims": [args.head_dim, args.head_dim],
+        "model.local_head_dims": [args.head_dim, args.head_dim],
     })
-    kw = {"num_replicas": strategy.num_replicas_in_sync}
+    kw = {"num_replicas": strategy.num_replicas_in_sync, **({"mode": args.local_mode} if stage == "local" else {})}
     precision = resolve_precision(args.precision)
     with precision_policy(precision):
         task = {"global": GlobalTask, "local": LocalTask, "finetune": FinetuneTask}[stage](cfg, arrays, 3, **kw)
@@ -112,7 +112,7 @@ def child(args: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times))
     images_per_step = task.images_per_step
-    params = sum(int(np.prod(v.shape)) for v in task.model.trainable_variables)
+    params = sum(int(np.prod(v.shape)) for v in task.output_model.trainable_variables)
     return {"case": args.case, "devices": args.devices[0], "precision": task.precision, "ms": ms,
             "img_s": images_per_step / ms * 1000,
             "images_per_step": images_per_step, "params": params,

@@ -46,7 +46,8 @@ def main() -> None:
     from reference import machine_line
     from tfsemiseg.config import load_config
     from tfsemiseg.data.prepared import evaluation_volumes, prepare_dataset, training_arrays
-    from tfsemiseg.evaluation import PooledValidator, predict_probabilities
+    from tfsemiseg.evaluation import PooledValidator
+    from tfsemiseg.inference import predict_probabilities
     from tfsemiseg.metrics.dice import PooledDice
     from tfsemiseg.training.engine import Trainer
     from tfsemiseg.training.stages import FinetuneTask
@@ -59,8 +60,8 @@ def main() -> None:
     vols = evaluation_volumes(data, split, "val")
     k = len(data.class_names)
     task = FinetuneTask(cfg, training_arrays(data, split, args.fraction), k, val_volumes=vols)
-    trainer = Trainer(task, task.stage, tmp / "finetune", tf.distribute.get_strategy(), progress=False)
-    model = task.model
+    trainer = Trainer(task, task.optim, tmp / "finetune", tf.distribute.get_strategy(), progress=False)
+    model = task.output_model
 
     def old() -> dict:
         metric = PooledDice(k)
@@ -88,7 +89,7 @@ def main() -> None:
           f"({changed} of {sum(r_new['pred_size'])} predicted foreground voxels differ)")
     iterator = iter(task.dataset(0))
     t_step, _ = timed(lambda: trainer._train_step(iterator))
-    st = task.stage
+    st = task.optim
     train_s = st.epochs * task.steps_per_epoch * t_step
     every = max(1, st.validate_every_epochs)
     n_before = len([e for e in range(1, st.epochs + 1) if e % every == 0 or e == st.epochs])

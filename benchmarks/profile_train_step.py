@@ -91,7 +91,7 @@ def main() -> None:
     by_type.pop("IDLE", None)
     ops = [r for r in ops if r["type"] != "IDLE"]
     total = sum(by_type.values())
-    gflop = 3 * conv_gflop_per_image(task.model) * task.images_per_step
+    gflop = 3 * conv_gflop_per_image(task.output_model) * task.images_per_step
     print(f"{args.case}: {wall_ms:.0f} ms per profiled step (wall); {total / 1000 / args.steps:.0f} ms of "
           f"busy thread time per step; convolutions ~{gflop:.1f} GFLOP per step (forward x 3), "
           f"{gflop / wall_ms * 1000:.0f} GFLOP/s over the whole step")

@@ -84,7 +84,7 @@ def phantom_run(tmp_path_factory):
         "model.depth": 2,
         "model.base_width": 4,
         "train.global_stage.epochs": 1, "train.global_stage.batch_size": 48,
-        "train.local_stage.epochs": 1, "train.local_stage.batch_size": 6, "train.local_stage.block_size": 8,
+        "train.local_stage.epochs": 1, "train.local_stage.batch_size": 6, "train.local_loss.block_size": 8,
         "train.finetune_stage.epochs": 1, "train.finetune_stage.batch_size": 6,
         "train.finetune_stage.validate_every_epochs": 1,
         "train.baselines.tcsm_unlabeled_batch_size": 4,
@@ -100,21 +100,21 @@ def test_tcsm_teacher_is_an_ema_of_the_student(phantom_run):
     cfg, data, _ = phantom_run
     task = TCSMTask(cfg, training_arrays(data, data.split(0), 0.5), 3)
     task.build()
-    for t, s in zip(task.model.variables, task.student.variables):
+    for t, s in zip(task.output_model.variables, task.student.variables):
         np.testing.assert_array_equal(t.numpy(), s.numpy())  # the teacher starts as the student
     rng = np.random.default_rng(0)
     d = cfg.train.baselines.tcsm_ema_decay
 
     def update_and_check(expected_decay):
-        trainable_before = [v.numpy().copy() for v in task.model.trainable_variables]
-        stats_before = [v.numpy().copy() for v in task.model.non_trainable_variables]
+        trainable_before = [v.numpy().copy() for v in task.output_model.trainable_variables]
+        stats_before = [v.numpy().copy() for v in task.output_model.non_trainable_variables]
         for v in task.student.variables:
             v.assign(rng.normal(size=v.shape).astype(np.float32))
         task.after_update()
-        for t, b, s in zip(task.model.trainable_variables, trainable_before, task.student.trainable_variables):
+        for t, b, s in zip(task.output_model.trainable_variables, trainable_before, task.student.trainable_variables):
             np.testing.assert_allclose(t.numpy(), expected_decay * b + (1 - expected_decay) * s.numpy(),
                                        rtol=1e-5, atol=1e-6)
-        for t, b in zip(task.model.non_trainable_variables, stats_before):  # the teacher keeps its own statistics
+        for t, b in zip(task.output_model.non_trainable_variables, stats_before):  # the teacher keeps its own statistics
             np.testing.assert_array_equal(t.numpy(), b)
 
     update_and_check(1 - 1 / 2)  # the first update: the mean of the initial weights and the student's
@@ -133,13 +133,13 @@ def test_tcsm_teacher_forward_uses_batch_statistics(phantom_run):
     task = TCSMTask(cfg, training_arrays(data, data.split(0), 0.5), 3)
     task.build()
     batch = next(iter(task.dataset(seed=0)))
-    teacher_stats = [v.numpy().copy() for v in task.model.non_trainable_variables]
+    teacher_stats = [v.numpy().copy() for v in task.output_model.non_trainable_variables]
     assert teacher_stats, "the U-Net has BatchNorm statistics"
     loss, count = task.loss(batch, tf.constant([1, 0], tf.int64))
     assert np.isfinite(float(loss)) and int(count) == cfg.train.finetune_stage.batch_size
     # training-mode forward passes: the teacher's moving statistics moved, as the student's did
-    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(task.model.non_trainable_variables, teacher_stats))
-    assert {id(v) for v in task.model.non_trainable_variables} <= {id(v) for v in task.state_variables}
+    assert any(not np.array_equal(v.numpy(), b) for v, b in zip(task.output_model.non_trainable_variables, teacher_stats))
+    assert {id(v) for v in task.output_model.non_trainable_variables} <= {id(v) for v in task.state_variables}
 
 
 @pytest.mark.parametrize("rotate90", [True, False])
@@ -157,17 +157,21 @@ def test_tcsm_transforms_rotate_only_when_asked(phantom_run, rotate90):
 
 
 def test_every_method_runs_and_writes_a_result(phantom_run):
-    from tfsemiseg.training.methods import METHODS, RESULT, method_dir, run_method
+    from tfsemiseg.layout import Cell, RunLayout
+    from tfsemiseg.training.methods import run_method
+    from tfsemiseg.training.plans import METHODS
     from tfsemiseg.training.strategy import make_strategy
 
     cfg, data, root = phantom_run
     strategy = make_strategy(0)
+    run = RunLayout(root)
     for method in METHODS:
-        run_method(cfg, data, root, method, 0.5, 0, strategy, echo=lambda s: None)
-        result = json.loads((method_dir(root, method, 0.5, 0) / RESULT).read_text())
+        cell = Cell(0, 0.5, method)
+        run_method(cfg, data, run, cell, strategy, echo=lambda s: None)
+        result = json.loads(run.result(cell).read_text())
         assert result["method"] == method and result["fraction"] == 0.5
         assert len(result["metrics"]["pooled_dice"]["per_class"]) == 2
-        assert set(result["stages"]) == {p.stage for p in METHODS[method]}
+        assert set(result["stages"]) == {p.name for p in METHODS[method]}
         assert result["split_digest"] == data.split(0).digest()
     # the label-free global stage ran once and was shared by every method that starts from it
     assert len(list(Path(root, "fold0").glob("**/global/stage.json"))) == 1

@@ -17,10 +17,9 @@ from tfsemiseg.config import (
     Config,
     DataConfig,
     IntensityAugConfig,
-    StageConfig,
+    OptimConfig,
     from_dict,
     load_config,
-    save_config,
 )
 from tfsemiseg.errors import ConfigError
 
@@ -80,17 +79,15 @@ def test_round_trip(tmp_path):
     cfg = Config().replace(**{"data.label_map": {500: 1, 600: 2}, "data.class_names": ["a", "b", "c"],
                               "split.seed": 3, "train.global_stage.clip_norm": 1.5})
     assert from_dict(cfg.to_dict()) == cfg
-    save_config(cfg, tmp_path / "out" / "config.yaml")
-    assert load_config(tmp_path / "out" / "config.yaml") == cfg
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.yaml"]  # atomic: no temp file
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_config(tmp_path / "config.yaml") == cfg
 
 
-def test_replace_and_digest():
+def test_replace():
     cfg = Config()
     other = cfg.replace(**{"data.image_size": 32})
     assert other.data.image_size == 32 and cfg.data.image_size == 64
-    assert cfg.digest("data") != other.digest("data") and cfg.digest("split") == other.digest("split")
-    assert cfg.digest() == Config().digest()
+    assert other.split == cfg.split
     with pytest.raises(ConfigError, match="data.image_size must be >= 8"):
         cfg.replace(**{"data.image_size": 4})
 
@@ -120,7 +117,7 @@ def test_unknown_nested_key_lists_valid_ones(tmp_path):
     "text, key, cls",
     [
         ("augment: {global_intensity: {blur: 0.5}}", "augment.global_intensity.blur", IntensityAugConfig),
-        ("train: {local_stage: {lr: 0.1}}", "train.local_stage.lr", StageConfig),
+        ("train: {local_stage: {lr: 0.1}}", "train.local_stage.lr", OptimConfig),
         ("augment: {local_spatial: {}}", "augment.local_spatial", AugmentConfig),
     ],
 )
@@ -147,7 +144,9 @@ def test_unknown_deep_key(tmp_path, text, key, cls):
         ("split: {ratios: [3, 1]}", "split.ratios must be a list of 3 values, got [3, 1]"),
         ("name: 5", "name must be a string, got 5"),
         ("train: {global_stage: {learning_rate: fast}}", "train.global_stage.learning_rate must be a number, got 'fast'"),
-        ("train: {global_stage: {temperature: true}}", "train.global_stage.temperature must be a number, got True"),
+        ("train: {global_loss: {temperature: true}}", "train.global_loss.temperature must be a number, got True"),
+        # the older layout's loss settings are read where they live now, and checked there
+        ("train: {global_stage: {temperature: true}}", "train.global_loss.temperature must be a number, got True"),
     ],
 )
 def test_wrong_types(tmp_path, text, expected):
@@ -240,3 +239,38 @@ def test_yaml_dump_of_defaults_loads(tmp_path):
     """The defaults written out as YAML (as a user would start a config) load back unchanged."""
     path = write_yaml(tmp_path / "d.yaml", yaml.safe_dump(Config().to_dict()))
     assert load_config(path) == Config()
+
+
+# --------------------------------------------------------------------------- older layout
+
+
+def _older_dump(cfg: Config) -> dict:
+    """cfg.to_dict() as older versions wrote it (in result.json and metadata.json): every
+    stage section held temperature, mode, stride and block_size."""
+    d = cfg.to_dict()
+    g, l_ = d["train"].pop("global_loss"), d["train"].pop("local_loss")
+    for stage in ("global_stage", "local_stage", "finetune_stage"):
+        d["train"][stage].update(temperature=0.1, mode="stride", stride=4, block_size=16)
+    d["train"]["global_stage"]["temperature"] = g["temperature"]
+    d["train"]["local_stage"].update(temperature=l_["temperature"], mode="block", stride=l_["stride"],
+                                     block_size=l_["block_size"])
+    return d
+
+
+def test_older_complete_dumps_are_read_into_the_loss_sections():
+    cfg = Config().replace(**{"train.global_loss.temperature": 0.3, "train.local_loss.temperature": 0.05,
+                              "train.local_loss.block_size": 8})
+    old = _older_dump(cfg)
+    assert "global_loss" not in old["train"] and old["train"]["local_stage"]["mode"] == "block"
+    assert from_dict(old) == cfg
+
+
+def test_older_keys_alone_move_and_mode_alone_is_refused(tmp_path):
+    cfg = from_dict({"train": {"local_stage": {"epochs": 3, "stride": 2}, "global_stage": {"temperature": 0.2}}})
+    assert cfg.train.local_loss.stride == 2 and cfg.train.global_loss.temperature == 0.2
+    assert cfg.train.local_stage.epochs == 3
+    msg = load_error(tmp_path, "train: {local_stage: {mode: stride}}\n")
+    assert msg.startswith("train.local_stage.mode: the local loss's mode is the method's now")
+    msg = load_error(tmp_path, "train: {local_stage: {temperature: 0.2}, local_loss: {temperature: 0.1}}\n")
+    assert msg == ("train.local_stage.temperature (0.2) is now train.local_loss.temperature (0.1): "
+                   "give it once, as train.local_loss.temperature")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import no_aug
 from tfsemiseg.config import Config
-from tfsemiseg.data.pipelines import finetune_dataset, global_dataset, local_dataset, volume_batches
+from tfsemiseg.data.pipelines import finetune_dataset, global_dataset, local_dataset
 from tfsemiseg.data.prepared import evaluation_volumes, training_arrays
 
 POISON_IMAGE = np.float32(0.123456)
@@ -247,13 +247,6 @@ def test_same_seed_same_batches_other_seed_differs(stage):
         for ta, tb in zip(ba, bb):
             np.testing.assert_array_equal(ta, tb)
     assert not all(np.array_equal(ta, tc) for ba, bc in zip(a, c) for ta, tc in zip(ba, bc))
-
-
-def test_volume_batches_in_order(prepared_phantom):
-    vol = next(iter(prepared_phantom.volumes.values()))
-    batches = list(volume_batches(vol, batch_size=8))
-    assert [b.shape for b in batches] == [(8, 64, 64, 1), (8, 64, 64, 1), (4, 64, 64, 1)]
-    np.testing.assert_array_equal(np.concatenate(batches)[..., 0], vol.image)
 
 
 def test_empty_pipeline_is_an_error():

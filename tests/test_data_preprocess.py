@@ -12,7 +12,7 @@ from conftest import PHANTOM_SHAPE, PHANTOM_TRAIN, np_bilinear, np_nearest, read
 from tfsemiseg.data.datasets import Case, discover
 from tfsemiseg.data.nifti import read_label
 from tfsemiseg.data.prepared import prepare_dataset
-from tfsemiseg.data.preprocess import minmax_normalise, preprocess_case, resize_slices
+from tfsemiseg.data.preprocess import model_input, preprocess_case
 
 def _single_case(tmp_path: Path, image: np.ndarray, label: np.ndarray | None = None, zooms=None) -> Case:
     img_path = tmp_path / "img.nii.gz"
@@ -26,14 +26,16 @@ def _single_case(tmp_path: Path, image: np.ndarray, label: np.ndarray | None = N
 # --------------------------------------------------------------------------- per volume
 
 
-def test_minmax_exact_range_and_matches_numpy():
+def test_model_input_minmax_exact_range_and_matches_numpy():
     rng = np.random.default_rng(1)
     vol = (rng.normal(300, 80, (9, 10, 11))).astype(np.float32)
-    out = minmax_normalise(vol)
-    assert out.dtype == np.float32
-    assert out.min() == 0.0 and out.max() == 1.0
-    v = vol.astype(np.float64)
-    np.testing.assert_allclose(out, (v - v.min()) / (v.max() - v.min()), atol=1e-6)
+    out = model_input(vol, 11).numpy()[..., 0]  # 10x11 slices to 11x11: min-max, then resize
+    assert out.dtype == np.float32 and out.shape == (9, 11, 11)
+    same = model_input(vol[:, :, :10], 10).numpy()[..., 0]  # same size: exactly min-max
+    v = vol[:, :, :10].astype(np.float64)
+    assert same.min() == 0.0 and same.max() == 1.0
+    np.testing.assert_allclose(same, (v - v.min()) / (v.max() - v.min()), atol=1e-6)
+    assert np.all(model_input(np.full((2, 4, 4), 7.0, np.float32), 4).numpy() == 0)  # constant: 0, not NaN
 
 
 def test_image_float32_label_integer_and_normalised(tmp_path, make_cfg):
@@ -84,7 +86,7 @@ def test_bilinear_image_resize_matches_numpy(tmp_path, make_cfg):
     for k in range(4):
         np.testing.assert_allclose(vol.image[k], np_bilinear(norm[:, :, k], 64), atol=1e-5)
     # downsampling too
-    small = resize_slices(np.moveaxis(norm, -1, 0), 16, "bilinear")
+    small = model_input(np.moveaxis(image, -1, 0), 16).numpy()[..., 0]
     np.testing.assert_allclose(small[2], np_bilinear(norm[:, :, 2], 16), atol=1e-5)
 
 

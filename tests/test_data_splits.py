@@ -10,7 +10,8 @@ import pytest
 
 from tfsemiseg.config import SplitConfig
 from tfsemiseg.data.datasets import discover
-from tfsemiseg.data.splits import SPLITS_FILE, get_split, load_or_create_splits, make_split
+from tfsemiseg.layout import SPLITS as SPLITS_FILE
+from tfsemiseg.data.splits import get_split, load_or_create_splits, make_split
 from tfsemiseg.errors import DataError
 
 IDS_220 = [f"hippocampus_{i:03d}" for i in range(1, 221)]

@@ -5,8 +5,9 @@ import json
 import keras
 import numpy as np
 
-from tfsemiseg.data.preprocess import SliceVolume, resize_slices
-from tfsemiseg.evaluation import evaluate_volumes, format_report, to_native
+from tfsemiseg.data.preprocess import SliceVolume, resize_labels
+from tfsemiseg.evaluation import evaluate_volumes, format_report
+from tfsemiseg.inference import native_labels, predict_probabilities
 
 
 def oracle_model(size: int, num_classes: int) -> keras.Model:
@@ -18,7 +19,7 @@ def oracle_model(size: int, num_classes: int) -> keras.Model:
 
 
 def make_volume(case_id: str, native: np.ndarray, size: int, k: int) -> SliceVolume:
-    label = resize_slices(native, size, "nearest")
+    label = resize_labels(native, size)
     return SliceVolume(case_id, label.astype("float32") / (k - 1), label, native, native.shape, (2.0, 1.0, 1.0), np.eye(4))
 
 
@@ -57,11 +58,11 @@ def test_missed_class_counts_as_zero_dice_and_undefined_hd95():
     assert "n/a" in format_report(report)
 
 
-def test_to_native_resizes_probabilities_then_argmax():
+def test_native_labels_resizes_probabilities_then_argmax():
     probs = np.zeros((1, 4, 4, 2), np.float32)
     probs[..., 0] = 1
     probs[0, :2, :2] = [0, 1]
-    out = to_native(probs, (1, 8, 8))
+    out = native_labels(probs, (1, 8, 8))
     assert out.shape == (1, 8, 8)
     # bilinear blend is 0.5 exactly on the boundary rows/cols; argmax ties go to class 0
     assert (out[0, :3, :3] == 1).all() and (out[0, 5:, :] == 0).all() and (out[0, :, 5:] == 0).all()
@@ -76,7 +77,6 @@ def _conv_model(size: int, k: int, seed: int = 0) -> keras.Model:
 
 
 def test_mirroring_is_the_mean_of_flipped_predictions_in_numpy():
-    from tfsemiseg.evaluation import predict_probabilities
 
     size, k = 12, 3
     model = _conv_model(size, k)
@@ -106,7 +106,6 @@ def test_evaluate_volumes_passes_mirroring_through():
     native[:, 9:13, 2:7] = 2
     vol = make_volume("v", native, size, k)
     vol.image[:] = np.random.default_rng(3).random(vol.image.shape)
-    from tfsemiseg.evaluation import predict_probabilities
     from tfsemiseg.metrics.dice import PooledDice
 
     scores = []
@@ -120,7 +119,7 @@ def test_evaluate_volumes_passes_mirroring_through():
 
 
 def test_pooled_validator_equals_pooled_dice_of_per_volume_predictions():
-    from tfsemiseg.evaluation import PooledValidator, predict_probabilities
+    from tfsemiseg.evaluation import PooledValidator
     from tfsemiseg.metrics.dice import PooledDice
 
     k, size = 3, 16

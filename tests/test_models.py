@@ -22,7 +22,6 @@ from tfsemiseg.models import (
     build_unet,
     load_weights_by_name,
     save_weights_by_name,
-    stage_model,
     variable_part,
 )
 
@@ -129,15 +128,6 @@ def test_layer_names_prefix_variable_paths_and_parts(small_unet: UNet) -> None:
     assert _paths(unet.segmenter, "seg_head") == ["seg_head/kernel", "seg_head/bias"]
     assert variable_part("bottleneck_norm1/moving_mean") == "encoder"
     assert variable_part("something_else/kernel") == "other"
-
-
-def test_stage_model(small_unet: UNet) -> None:
-    unet = small_unet
-    assert stage_model(unet, "global") is unet.global_model
-    assert stage_model(unet, "local") is unet.local_model
-    assert stage_model(unet, "finetune") is unet.segmenter
-    with pytest.raises(ValueError, match="unknown stage"):
-        stage_model(unet, "pretrain")  # type: ignore[arg-type]
 
 
 def test_submodels_share_weights() -> None:

@@ -26,6 +26,7 @@ def trained_run(tmp_path_factory):
     if not (REAL_DATA / "dataset.json").is_file():
         pytest.skip(f"real Hippocampus data not found at {REAL_DATA}; these tests need ../shared/data")
     from tfsemiseg.config import load_config
+    from tfsemiseg.layout import Cell, RunLayout
     from tfsemiseg.training.methods import prepare_and_run
     from tfsemiseg.training.strategy import make_strategy
 
@@ -45,9 +46,10 @@ def trained_run(tmp_path_factory):
         "train.finetune_stage.batch_size": 8,
         "train.finetune_stage.validate_every_epochs": 5,
     })
-    root = tmp / "run"
-    result = prepare_and_run(cfg, data, root, "random", 1.0, 0, make_strategy(0), echo=lambda s: None)
-    run_dir = root / "fold0" / "frac1" / "random"
+    run, cell = RunLayout(tmp / "run"), Cell(0, 1.0, "random")
+    result = prepare_and_run(cfg, data, run, cell, make_strategy(0), echo=lambda s: None)
+    run_dir = run.cell_dir(cell)
+    assert run_dir == tmp / "run" / "fold0" / "frac1" / "random"
     assert (run_dir / "result.json").is_file()
     from tfsemiseg.serving.export import export_run
 
@@ -70,10 +72,23 @@ def test_saved_model_cli_lists_the_signature(trained_run):
     assert "pooled_dice" in meta["test_metrics"] and meta["training_config"]["name"] == "tiny"
 
 
+def library_prediction(segmenter, slices: np.ndarray, size: int, mirror: bool = False):
+    """What the SavedModel must serve for raw slices [N, H, W], from independent parts: numpy
+    min-max over the volume, bilinear resize to the model size, the library's softmax
+    (`predict_probabilities`), bilinear resize back. -> probabilities [N, H, W, K], labels."""
+    import tensorflow as tf
+
+    from tfsemiseg.inference import predict_probabilities
+
+    x = (slices - slices.min()) / (slices.max() - slices.min())
+    x = tf.image.resize(x[..., None], (size, size), method="bilinear").numpy()[..., 0]
+    probs = tf.image.resize(predict_probabilities(segmenter, x, mirror=mirror), slices.shape[1:3],
+                            method="bilinear").numpy()
+    return probs, probs.argmax(-1).astype(np.int32)
+
+
 def test_fresh_tensorflow_process_matches_library_prediction(trained_run, tmp_path):
-    from tfsemiseg.evaluation import predict_volume
-    from tfsemiseg.models.transfer import load_weights_by_name
-    from tfsemiseg.models.unet import build_unet
+    from tfsemiseg.models.transfer import load_segmenter
 
     volume = np.asarray(nib.load(str(REAL_DATA / "imagesTr" / "hippocampus_001.nii.gz")).dataobj, np.float32)
     slices = np.moveaxis(volume, 2, 0)
@@ -94,9 +109,8 @@ def test_fresh_tensorflow_process_matches_library_prediction(trained_run, tmp_pa
     served_p, served_l = np.load(tmp_path / "p.npy"), np.load(tmp_path / "l.npy")
 
     cfg = trained_run["cfg"]
-    unet = build_unet(cfg.model, cfg.data.image_size, 3)
-    load_weights_by_name(unet.segmenter, trained_run["run_dir"] / "finetune" / "weights.npz", require=("encoder",))
-    probs, labels = predict_volume(unet.segmenter, slices, cfg.data.image_size)
+    unet = load_segmenter(cfg, trained_run["run_dir"] / "finetune" / "weights.npz", 3)
+    probs, labels = library_prediction(unet.segmenter, slices, cfg.data.image_size)
     assert served_p.shape == probs.shape == slices.shape + (3,)
     np.testing.assert_allclose(served_p, probs, atol=1e-5)
     assert (served_l == labels).mean() > 0.9999
@@ -190,9 +204,7 @@ def test_export_with_mirroring_serves_the_mirrored_prediction(trained_run, tmp_p
     import tensorflow as tf
 
     from tfsemiseg.config import from_dict
-    from tfsemiseg.evaluation import predict_volume
-    from tfsemiseg.models.transfer import load_weights_by_name
-    from tfsemiseg.models.unet import build_unet
+    from tfsemiseg.models.transfer import load_segmenter
     from tfsemiseg.serving.export import export_run
 
     run_dir = tmp_path / "run"
@@ -210,9 +222,8 @@ def test_export_with_mirroring_serves_the_mirrored_prediction(trained_run, tmp_p
     volume = np.asarray(nib.load(str(REAL_DATA / "imagesTr" / "hippocampus_001.nii.gz")).dataobj, np.float32)
     slices = np.moveaxis(volume, 2, 0)
     served = tf.saved_model.load(str(model_dir)).signatures["serving_default"](slices=tf.constant(slices))
-    unet = build_unet(cfg.model, cfg.data.image_size, 3)
-    load_weights_by_name(unet.segmenter, run_dir / "finetune" / "weights.npz", require=("encoder",))
-    mirrored, _ = predict_volume(unet.segmenter, slices, cfg.data.image_size, mirror=True)
-    plain, _ = predict_volume(unet.segmenter, slices, cfg.data.image_size, mirror=False)
+    unet = load_segmenter(cfg, run_dir / "finetune" / "weights.npz", 3)
+    mirrored, _ = library_prediction(unet.segmenter, slices, cfg.data.image_size, mirror=True)
+    plain, _ = library_prediction(unet.segmenter, slices, cfg.data.image_size, mirror=False)
     np.testing.assert_allclose(served["probabilities"].numpy(), mirrored, atol=1e-5)
     assert np.abs(mirrored - plain).max() > 1e-3

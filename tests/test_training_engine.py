@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from conftest import cfg_with, no_aug
 from tfsemiseg.data.prepared import TrainingArrays, prepare_dataset, training_arrays
-from tfsemiseg.evaluation import predict_probabilities
+from tfsemiseg.inference import predict_probabilities
 from tfsemiseg.metrics import PooledDice
 from tfsemiseg.training.engine import Trainer, TrainingError
 from tfsemiseg.training.stages import FinetuneTask, LocalTask
@@ -77,7 +77,7 @@ def finetuned(phantom_dir, tmp_path_factory):
     keras.utils.set_random_seed(0)  # the initial weights
     task = FinetuneTask(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES,
                         val_volumes=[data.volumes[c] for c in split.val])
-    trainer = Trainer(task, task.stage, tmp / "finetune", tf.distribute.get_strategy(), progress=False)
+    trainer = Trainer(task, task.optim, tmp / "finetune", tf.distribute.get_strategy(), progress=False)
     result = trainer.fit()
     return task, result, images, labels, tmp / "finetune"
 
@@ -87,7 +87,7 @@ def test_finetune_reaches_high_dice_on_its_training_slices(finetuned) -> None:
     assert result.steps == EPOCHS * 4 and result.epochs == EPOCHS
     assert math.isfinite(result.last_loss) and result.last_loss < result.history[0]["loss"]
     metric = PooledDice(NUM_CLASSES)
-    metric.update(predict_probabilities(task.model, images).argmax(-1), labels)
+    metric.update(predict_probabilities(task.output_model, images).argmax(-1), labels)
     dice = metric.result()
     assert dice["mean"] > 0.9, dice
 
@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_with_step_and_stage_and_keeps_last_good_checkpoin
     arrays = TrainingArrays(images, images, labels, [], [])
     stage_dir = tmp_path / "nan"
     task = NanAtStep(cfg, arrays, NUM_CLASSES)
-    trainer = Trainer(task, task.stage, stage_dir, tf.distribute.get_strategy(), progress=False)
+    trainer = Trainer(task, task.optim, stage_dir, tf.distribute.get_strategy(), progress=False)
     with pytest.raises(TrainingError) as info:
         trainer.fit()
     message = str(info.value)
@@ -167,14 +167,14 @@ def test_non_finite_loss_stops_with_step_and_stage_and_keeps_last_good_checkpoin
     assert trainer.manager.latest_checkpoint.endswith("ckpt-2")
     assert int(trainer.step) == 2 and int(trainer.optimizer.iterations.numpy()) == 2
     # the NaN step changed nothing: the model is still the one of checkpoint 2
-    after_nan = _weights(task.model)
+    after_nan = _weights(task.output_model)
     assert all(np.isfinite(w).all() for w in after_nan.values())
     # the same stage restarted resumes from that checkpoint, with those very weights
     again = FinetuneTask(cfg, arrays, NUM_CLASSES)
-    resumed = Trainer(again, again.stage, stage_dir, tf.distribute.get_strategy(), progress=False)
+    resumed = Trainer(again, again.optim, stage_dir, tf.distribute.get_strategy(), progress=False)
     resumed.ckpt.restore(resumed.manager.latest_checkpoint).assert_existing_objects_matched()
     assert int(resumed.step) == 2
-    _assert_same(_weights(again.model), after_nan)
+    _assert_same(_weights(again.output_model), after_nan)
 
 
 # --------------------------------------------------------------------------- skipped steps
@@ -182,13 +182,12 @@ def test_non_finite_loss_stops_with_step_and_stage_and_keeps_last_good_checkpoin
 
 def test_local_batches_without_foreground_are_skipped_without_any_change(make_cfg, tmp_path) -> None:
     cfg = _tiny(make_cfg()).replace(**{"train.local_stage": {
-        "epochs": 1, "batch_size": 2, "learning_rate": 1e-2, "mode": "stride", "stride": 2,
-        "checkpoint_every_steps": 0}})
+        "epochs": 1, "batch_size": 2, "learning_rate": 1e-2, "checkpoint_every_steps": 0}, "train.local_loss.stride": 2})
     empty_images, empty_labels = _blobs(2, 16, foreground=False)
     images, labels = _blobs(2, 16, seed=1)
-    task = LocalTask(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES)
+    task = LocalTask(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES, mode="stride")
     strategy = tf.distribute.get_strategy()
-    trainer = Trainer(task, task.stage, tmp_path / "local", strategy, progress=False)
+    trainer = Trainer(task, task.optim, tmp_path / "local", strategy, progress=False)
 
     def batches(x, y, n):
         views = (tf.constant(x[..., None]), tf.constant(x[..., None] * 0.9), tf.constant(y.astype(np.int32)))
@@ -197,16 +196,16 @@ def test_local_batches_without_foreground_are_skipped_without_any_change(make_cf
     # two batches without foreground, then one with: step by step
     ds = batches(empty_images, empty_labels, 2).concatenate(batches(images, labels, 1))
     iterator = iter(strategy.experimental_distribute_dataset(ds))
-    before = _weights(task.model)
+    before = _weights(task.output_model)
     for _ in range(2):
         loss, count = trainer._train_step(iterator)
         assert float(count) == 0 and float(loss) == 0.0
-        _assert_same(_weights(task.model), before)  # BatchNorm statistics included
+        _assert_same(_weights(task.output_model), before)  # BatchNorm statistics included
         assert int(trainer.optimizer.iterations.numpy()) == 0
     loss, count = trainer._train_step(iterator)
     assert float(count) > 0 and float(loss) > 0
     assert int(trainer.optimizer.iterations.numpy()) == 1
-    after = _weights(task.model)
+    after = _weights(task.output_model)
     assert any(not np.array_equal(after[k], before[k]) for k in before if "kernel" in k)
     assert any(not np.array_equal(after[k], before[k]) for k in before if "moving_mean" in k)
 
@@ -217,4 +216,4 @@ def test_local_batches_without_foreground_are_skipped_without_any_change(make_cf
     assert result.steps == 3 and result.history[0]["skipped_steps"] == 3
     assert math.isnan(result.last_loss) and math.isnan(result.history[0]["loss"])
     assert int(trainer.optimizer.iterations.numpy()) == 1
-    _assert_same(_weights(task.model), after)
+    _assert_same(_weights(task.output_model), after)

@@ -94,8 +94,9 @@ def _three_stage_config(tmp_path: Path) -> Path:
         "split": {"ratios": [3, 1, 1], "num_folds": 1},
         "model": {"depth": 2, "base_width": 4, "global_head_dims": [16, 8], "local_head_dims": [8, 8]},
         "train": {"seed": 0, "deterministic": True,
-                  "global_stage": {**stage, "batch_size": 8, "temperature": 0.5},
-                  "local_stage": {**stage, "batch_size": 4, "mode": "block", "block_size": 16},
+                  "global_stage": {**stage, "batch_size": 8},
+                  "local_stage": {**stage, "batch_size": 4},
+                  "global_loss": {"temperature": 0.5}, "local_loss": {"block_size": 16},
                   "finetune_stage": {**stage, "batch_size": 2, "validate_every_epochs": 1}},
     }
     path = tmp_path / "three.yaml"

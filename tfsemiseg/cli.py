@@ -15,6 +15,7 @@ import click
 
 from tfsemiseg.config import Config, load_config
 from tfsemiseg.errors import TfSemisegError
+from tfsemiseg.training.plans import METHOD_HELP
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.2)
 
@@ -80,6 +81,12 @@ def config_option(fn):
 
 def run_root(cfg: Config, out: Optional[Path]) -> Path:
     return out if out is not None else Path(cfg.output_dir) / cfg.name
+
+
+def run_layout(cfg: Config, out: Optional[Path]):
+    from tfsemiseg.layout import RunLayout
+
+    return RunLayout(run_root(cfg, out))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,18 +194,14 @@ def run_options(fn):
 
 
 def _run(config_path, overrides, data_dir, fraction, fold, out, method, until=None):
+    from tfsemiseg.layout import Cell
     from tfsemiseg.training.methods import prepare_and_run
     from tfsemiseg.training.strategy import make_strategy
 
     cfg = load_with_overrides(config_path, overrides)
+    cell = Cell(fold, fraction, method)
     strategy = make_strategy(cfg.train.devices)
-    return prepare_and_run(cfg, data_dir, run_root(cfg, out), method, fraction, fold, strategy, click.echo, until)
-
-
-METHOD_HELP = (
-    "random, global, global+local-self, mixup, tcsm, local-stride, local-block, global+local-stride, "
-    "global+local-block, global+local-full (the paper's spelling, e.g. 'global+local(block)', works too)."
-)
+    return prepare_and_run(cfg, data_dir, run_layout(cfg, out), cell, strategy, click.echo, until)
 
 
 @cli.command()
@@ -250,11 +253,13 @@ def finetune(config_path, overrides, data_dir, fraction, fold, out, method) -> N
 def evaluate(config_path, overrides, data_dir, fraction, fold, out, method, part) -> None:
     """Evaluate a finished method: pooled Dice (paper), per-volume Dice and HD95; writes a JSON report."""
     from tfsemiseg.data.prepared import prepare_dataset
+    from tfsemiseg.layout import Cell
     from tfsemiseg.training.methods import evaluate_method
 
     cfg = load_with_overrides(config_path, overrides)
-    root = run_root(cfg, out)
-    evaluate_method(cfg, prepare_dataset(cfg, data_dir, root), root, method, fraction, fold, click.echo, part)
+    cell = Cell(fold, fraction, method)
+    run = run_layout(cfg, out)
+    evaluate_method(cfg, prepare_dataset(cfg, data_dir, run.root), run, cell, click.echo, part)
 
 
 @cli.command()
@@ -274,7 +279,7 @@ def experiment(config_path, overrides, data_dir, out, methods, fractions, folds)
     from tfsemiseg.training.strategy import make_strategy
 
     cfg = load_with_overrides(config_path, overrides)
-    run_grid(cfg, data_dir, run_root(cfg, out), list(methods), list(fractions), list(folds),
+    run_grid(cfg, data_dir, run_layout(cfg, out), list(methods), list(fractions), list(folds),
              make_strategy(cfg.train.devices), click.echo)
 
 
@@ -300,14 +305,16 @@ def figures(config_path, overrides, data_dir, fraction, fold, out, methods, dest
     """Segmentation overlays (paper Fig. 3) and t-SNE of decoder features (Fig. 4) as PNGs."""
     from tfsemiseg.data.prepared import prepare_dataset
     from tfsemiseg.figures import overlay_figure, tsne_figure
+    from tfsemiseg.layout import Cell
 
     cfg = load_with_overrides(config_path, overrides)
-    root = run_root(cfg, out)
-    data = prepare_dataset(cfg, data_dir, root)
-    dest = dest or root
+    run = run_layout(cfg, out)
+    data = prepare_dataset(cfg, data_dir, run.root)
+    cells = [Cell(fold, fraction, m) for m in methods]
+    dest = dest or run.root
     tag = f"fold{fold}_frac{fraction:g}"
-    click.echo(overlay_figure(cfg, data, root, methods, fraction, fold, dest / f"overlays_{tag}.png"))
-    click.echo(tsne_figure(cfg, data, root, methods, fraction, fold, dest / f"tsne_{tag}.png"))
+    click.echo(overlay_figure(cfg, data, run, cells, dest / f"overlays_{tag}.png"))
+    click.echo(tsne_figure(cfg, data, run, cells, dest / f"tsne_{tag}.png"))
 
 
 @cli.command()
@@ -341,10 +348,10 @@ def export(run_dir: Path, dest: Path, force: bool) -> None:
 @friendly_errors
 def predict(inputs, model_dir: Path, out_dir: Path, probabilities: bool, force: bool, spacing) -> None:
     """Segment NIfTI volumes (files or folders) with an exported model; one uint8 label NIfTI each."""
-    from tfsemiseg.serving.predict import expand_inputs, predict_files
+    from tfsemiseg.serving.predict import expand_inputs, predict_files, read_metadata
 
     files = expand_inputs(inputs)
-    names = _class_names(model_dir)
+    names = read_metadata(model_dir)["class_names"]
     lines: list[str] = []
     with click.progressbar(length=len(files), label="segmenting", file=sys.stderr) as bar:
         def done(pred):
@@ -354,15 +361,6 @@ def predict(inputs, model_dir: Path, out_dir: Path, probabilities: bool, force: 
         predict_files(model_dir, files, out_dir, force, probabilities, done, spacing=spacing)
     for line in lines:
         click.echo(line)
-
-
-def _class_names(model_dir: Path) -> list[str]:
-    import json
-
-    meta = model_dir / "metadata.json"
-    if not meta.is_file():
-        raise TfSemisegError(f"{model_dir}: not an exported model (no metadata.json)")
-    return json.loads(meta.read_text())["class_names"]
 
 
 @cli.command()

@@ -9,8 +9,6 @@ resolved config beside each run and into exported models.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import types
 import typing
@@ -183,8 +181,8 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class StageConfig:
-    """Optimisation settings shared by every stage (Adam)."""
+class OptimConfig:
+    """How one stage is optimised (Adam), and when it checkpoints and validates."""
 
     epochs: int = 10
     batch_size: int = 16  # global batch (all replicas); contrastive stages: images per batch
@@ -193,11 +191,6 @@ class StageConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: float = 0.0
     clip_norm: Optional[float] = None
-    temperature: float = 0.1  # contrastive stages only
-    # local stage: supervised_local_contrastive_loss mode / stride / block size
-    mode: Literal["stride", "block", "full"] = "stride"
-    stride: int = 4  # paper: 4
-    block_size: int = 16  # paper: 16 (reference code default 32)
     checkpoint_every_steps: int = 200
     validate_every_epochs: int = 1  # fine-tune: validation Dice and best-checkpoint selection
     validate_from_epoch: int = 0  # no validation (nor selection) before this epoch; the last epoch always validates
@@ -206,11 +199,33 @@ class StageConfig:
         _check(self.epochs >= 0, "epochs", "must be >= 0")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
         _check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        _check(self.temperature > 0, "temperature", "must be > 0")
-        _check(self.stride >= 1 and self.block_size >= 2, "stride/block_size", "must be >= 1 / >= 2")
         _check(self.validate_every_epochs >= 1 and self.validate_from_epoch >= 0,
                "validate_every_epochs/validate_from_epoch", "must be >= 1 / >= 0")
         _check(self.clip_norm is None or self.clip_norm > 0, "clip_norm", "must be > 0 or null")
+
+
+@dataclass(frozen=True)
+class GlobalLossConfig:
+    """The global stage's NT-Xent loss."""
+
+    temperature: float = 0.5
+
+    def validate(self) -> None:
+        _check(self.temperature > 0, "temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
+class LocalLossConfig:
+    """The local stage's contrastive loss. Its mode (stride, block, full, or the
+    self-supervised baseline) is the method's: global+local-block, local-stride, ..."""
+
+    temperature: float = 0.1
+    stride: int = 4  # stride mode: every stride-th pixel; paper: 4
+    block_size: int = 16  # block mode: tiles of block_size x block_size; paper: 16 (reference code default 32)
+
+    def validate(self) -> None:
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(self.stride >= 1 and self.block_size >= 2, "stride/block_size", "must be >= 1 / >= 2")
 
 
 @dataclass(frozen=True)
@@ -239,15 +254,13 @@ class BaselineConfig:
 class TrainConfig:
     """Stages and the runtime they share."""
 
-    global_stage: StageConfig = field(
-        default_factory=lambda: StageConfig(epochs=70, batch_size=64, learning_rate=1e-4, temperature=0.5)
+    global_stage: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=70, batch_size=64, learning_rate=1e-4))
+    local_stage: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=60, batch_size=4, learning_rate=1e-4))
+    finetune_stage: OptimConfig = field(
+        default_factory=lambda: OptimConfig(epochs=120, batch_size=8, learning_rate=5e-4)
     )
-    local_stage: StageConfig = field(
-        default_factory=lambda: StageConfig(epochs=60, batch_size=4, learning_rate=1e-4, temperature=0.1)
-    )
-    finetune_stage: StageConfig = field(
-        default_factory=lambda: StageConfig(epochs=120, batch_size=8, learning_rate=5e-4)
-    )
+    global_loss: GlobalLossConfig = field(default_factory=GlobalLossConfig)
+    local_loss: LocalLossConfig = field(default_factory=LocalLossConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     devices: int = 0  # 0: all visible GPUs (or one CPU); N>1 on CPU: N logical CPU devices
     # auto: mixed_bfloat16 where the CPU (AMX-BF16, AVX512-BF16) or every GPU (compute capability
@@ -258,7 +271,7 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("global_stage", "local_stage", "finetune_stage", "baselines"):
+        for name in ("global_stage", "local_stage", "finetune_stage", "global_loss", "local_loss", "baselines"):
             try:
                 getattr(self, name).validate()
             except ConfigError as exc:
@@ -345,13 +358,6 @@ class Config:
                 node = node[p]
             node[leaf] = value
         return from_dict(data)
-
-    def digest(self, *sections: str) -> str:
-        """A stable hash of the chosen sections (all when none), for cache keys."""
-        data = self.to_dict()
-        if sections:
-            data = {s: data[s] for s in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- loading
@@ -454,9 +460,53 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "", base: Any = None
     return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
+# Older configs kept the loss settings in every train.*_stage section: where each lives now.
+_MOVED_STAGE_KEYS = {
+    "global_stage": {"temperature": "global_loss"},
+    "local_stage": {"temperature": "local_loss", "stride": "local_loss", "block_size": "local_loss"},
+}
+_OLD_STAGE_KEYS = ("temperature", "mode", "stride", "block_size")
+
+
+def _migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """Read a config of the older layout (the config in an older result.json or exported
+    metadata.json, or an older YAML file): each loss setting moves from its stage section
+    to train.global_loss / train.local_loss; the settings no stage used are dropped, and so is
+    `mode` (now the method's) in a complete older section; `mode` alone is an error, and so
+    is a setting given in both places with two values."""
+    train = values.get("train")
+    if not isinstance(train, dict):
+        return values
+    train = dict(train)
+    for stage in ("global_stage", "local_stage", "finetune_stage"):
+        section = train.get(stage)
+        if not isinstance(section, dict) or not set(section) & set(_OLD_STAGE_KEYS):
+            continue
+        if "mode" in section and not set(_OLD_STAGE_KEYS) <= set(section):  # not an older complete dump
+            raise ConfigError(f"train.{stage}.mode: the local loss's mode is the method's now "
+                              "(--method global+local-stride, local-block, ...); remove the key")
+        section = dict(section)
+        for key in _OLD_STAGE_KEYS:
+            if key not in section:
+                continue
+            value = section.pop(key)
+            target = _MOVED_STAGE_KEYS.get(stage, {}).get(key)
+            if target is None:
+                continue
+            loss = dict(train.get(target) or {})
+            if key in loss and loss[key] != value:
+                raise ConfigError(f"train.{stage}.{key} ({value!r}) is now train.{target}.{key} ({loss[key]!r}): "
+                                  f"give it once, as train.{target}.{key}")
+            loss[key] = value
+            train[target] = loss
+        train[stage] = section
+    return {**values, "train": train}
+
+
 def from_dict(values: dict[str, Any]) -> Config:
-    """Build and validate a Config from plain data (as read from YAML)."""
-    cfg = _build(Config, values or {})
+    """Build and validate a Config from plain data (as read from YAML; older layouts are
+    read too, see `_migrate`)."""
+    cfg = _build(Config, _migrate(values or {}))
     cfg.validate()
     return cfg
 
@@ -486,10 +536,3 @@ def load_config(path: str | Path | None) -> Config:
         return from_dict(values or {})
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically."""
-    from tfsemiseg.io_utils import atomic_write_text
-
-    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -13,11 +13,12 @@ from tfsemiseg.config import load_config
 from tfsemiseg.data.phantom import make_phantom
 from tfsemiseg.serving.export import export_run
 from tfsemiseg.serving.predict import predict_files
-from tfsemiseg.training.methods import method_dir, prepare_and_run
+from tfsemiseg.layout import Cell, RunLayout
+from tfsemiseg.training.methods import prepare_and_run
 from tfsemiseg.training.strategy import make_strategy
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-METHOD, FRACTION, FOLD = "global+local-block", 0.2, 0
+CELL = Cell(fold=0, fraction=0.2, method="global+local-block")
 
 
 def run_demo(out: Path, echo: Callable[[str], None] = print) -> dict:
@@ -27,8 +28,9 @@ def run_demo(out: Path, echo: Callable[[str], None] = print) -> dict:
         echo(f"writing a phantom dataset to {data_dir}")
         make_phantom(data_dir, num_train=20, num_test=4)
     cfg = load_config(CONFIG).replace(**{"data.cache_dir": str(out / "cache")})
-    result = prepare_and_run(cfg, data_dir, out, METHOD, FRACTION, FOLD, make_strategy(cfg.train.devices), echo)
-    model_dir = export_run(method_dir(out, METHOD, FRACTION, FOLD), out / "saved_model", overwrite=True)
+    run = RunLayout(out)
+    result = prepare_and_run(cfg, data_dir, run, CELL, make_strategy(cfg.train.devices), echo)
+    model_dir = export_run(run.cell_dir(CELL), out / "saved_model", overwrite=True)
     echo(f"\nexported the SavedModel to {model_dir}")
     volume = sorted((data_dir / "imagesTs").glob("*.nii.gz"))[0]
     for pred in predict_files(model_dir, [volume], out / "predictions", force=True):

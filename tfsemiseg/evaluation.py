@@ -16,7 +16,6 @@ from one of them gives Dice 0 and an undefined HD95, counted separately (never 0
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Any, Optional, Sequence
 
 import keras
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.data.preprocess import SliceVolume
+from tfsemiseg.inference import native_labels, predict_probabilities, softmax_probabilities
 from tfsemiseg.metrics.dice import PooledDice, dice_per_class, summarise_per_volume
 from tfsemiseg.metrics.surface import hd95_per_class, summarise_hd95
 
@@ -31,68 +31,6 @@ _PALETTE = np.array(
     [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]],
     np.float32,
 ) / 255.0
-
-_PREDICTORS: "weakref.WeakKeyDictionary[keras.Model, dict[bool, Any]]" = weakref.WeakKeyDictionary()
-_MIRROR_AXES = ([], [1], [2], [1, 2])
-
-
-def softmax_probabilities(model: keras.Model, x: tf.Tensor, mirror: bool = False) -> tf.Tensor:
-    """Softmax of `model` on images x [B, H, W, 1] -> float32 [B, H, W, K].
-
-    With `mirror`, the mean of softmax(model(flip_a(x))) flipped back by flip_a over the
-    four flips a in (none, H, W, H and W), computed as one batch of 4B images.
-    """
-    if not mirror:
-        return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
-    views = tf.concat([tf.reverse(x, axes) if axes else x for axes in _MIRROR_AXES], 0)
-    probs = tf.split(tf.nn.softmax(tf.cast(model(views, training=False), tf.float32), axis=-1), 4, 0)
-    return tf.add_n([tf.reverse(p, axes) if axes else p for p, axes in zip(probs, _MIRROR_AXES)]) / 4.0
-
-
-def _predictor(model: keras.Model, mirror: bool):
-    """One compiled softmax predictor per model and mirror setting, dropped with the model."""
-    cache = _PREDICTORS.setdefault(model, {})
-    if mirror not in cache:
-        @tf.function(reduce_retracing=True)
-        def predict(x):
-            return softmax_probabilities(model, x, mirror)
-
-        cache[mirror] = predict
-    return cache[mirror]
-
-
-def predict_probabilities(
-    model: keras.Model, images: np.ndarray, batch_size: int = 64, mirror: bool = False
-) -> np.ndarray:
-    """Softmax probabilities [S, H, W, K] for slices [S, H, W] at model resolution
-    (`mirror`: test-time mirroring, see `softmax_probabilities`)."""
-    predict = _predictor(model, mirror)
-    out = [predict(tf.constant(images[i : i + batch_size, :, :, None])).numpy() for i in range(0, len(images), batch_size)]
-    return np.concatenate(out, 0)
-
-
-def to_native(probabilities: np.ndarray, native_shape: Sequence[int]) -> np.ndarray:
-    """Resize probabilities [S, H, W, K] to the native slice size (bilinear), argmax -> [S, h, w]."""
-    h, w = int(native_shape[1]), int(native_shape[2])
-    resized = tf.image.resize(probabilities, (h, w), method="bilinear")
-    return tf.argmax(resized, axis=-1, output_type=tf.int32).numpy().astype(np.uint8)
-
-
-def predict_volume(
-    model: keras.Model, slices: np.ndarray, image_size: int, mirror: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """The library's own whole-volume prediction, as the exported model does it.
-
-    slices: raw intensities [N, H, W]. Returns probabilities float32 [N, H, W, K] (min-max
-    over the volume, bilinear resize to the model size, softmax, bilinear resize back) and
-    labels int32 [N, H, W].
-    """
-    from tfsemiseg.data.preprocess import minmax_normalise, resize_slices
-
-    x = resize_slices(minmax_normalise(slices.astype(np.float32)), image_size, "bilinear")
-    probs = predict_probabilities(model, x, mirror=mirror)
-    probs = tf.image.resize(probs, slices.shape[1:3], method="bilinear").numpy()
-    return probs, probs.argmax(-1).astype(np.int32)
 
 
 class PooledValidator:
@@ -124,7 +62,7 @@ class PooledValidator:
         @tf.function(input_signature=[tf.TensorSpec([None, h, w, 1], tf.float32),
                                       tf.TensorSpec([None, h, w], tf.int32)])
         def counts(x, y):
-            pred = tf.argmax(tf.cast(model(x, training=False), tf.float32), axis=-1, output_type=tf.int32)
+            pred = tf.argmax(softmax_probabilities(model, x), axis=-1, output_type=tf.int32)
             p, g = tf.one_hot(pred, k), tf.one_hot(y, k)
             return tf.cast(tf.stack([tf.reduce_sum(p * g, [0, 1, 2]), tf.reduce_sum(p, [0, 1, 2]),
                                      tf.reduce_sum(g, [0, 1, 2])]), tf.int64)  # [3, K], exact below 2^24 per batch
@@ -139,7 +77,7 @@ class PooledValidator:
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A few labeled slices of the first volume with the current predictions (image summaries)."""
         image, label = self._sample
-        pred = tf.argmax(self.model(tf.constant(image[..., None]), training=False), -1).numpy()
+        pred = predict_probabilities(self.model, image).argmax(-1)
         return image, label, pred
 
 
@@ -153,7 +91,7 @@ def evaluate_volumes(
     for vol in volumes:
         probs = predict_probabilities(model, vol.image, mirror=mirror)
         pooled.update(probs.argmax(-1), vol.label)
-        native_pred = to_native(probs, vol.native_shape)
+        native_pred = native_labels(probs, vol.native_shape)
         dice = dice_per_class(native_pred, vol.native_label, k)
         hd = hd95_per_class(native_pred, vol.native_label, vol.spacing, k)
         per_volume.append(dice)

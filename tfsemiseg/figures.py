@@ -11,20 +11,26 @@ import numpy as np
 from tfsemiseg.config import Config
 from tfsemiseg.data.prepared import PreparedData, evaluation_volumes
 from tfsemiseg.errors import TfSemisegError
-from tfsemiseg.evaluation import _PALETTE, colour_overlay, predict_probabilities
+from tfsemiseg.evaluation import _PALETTE, colour_overlay
+from tfsemiseg.inference import predict_probabilities
 from tfsemiseg.io_utils import atomic_path
-from tfsemiseg.models.transfer import load_weights_by_name
-from tfsemiseg.models.unet import UNet, build_unet
-from tfsemiseg.training.methods import WEIGHTS, canonical_method, stage_dir
+from tfsemiseg.layout import Cell, RunLayout
+from tfsemiseg.models.transfer import load_segmenter
+from tfsemiseg.models.unet import UNet
 
 
-def _load(cfg: Config, data: PreparedData, root: Path, method: str, fraction: float, fold: int) -> UNet:
-    weights = stage_dir(root, method, fraction, fold, "finetune") / WEIGHTS
+def _load(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell) -> UNet:
+    weights = run.weights(cell, "finetune")
     if not weights.is_file():
-        raise TfSemisegError(f"{weights}: missing; run method {method} first")
-    unet = build_unet(cfg.model, cfg.data.image_size, len(data.class_names))
-    load_weights_by_name(unet.segmenter, weights, require=("encoder", "decoder", "seg_head"))
-    return unet
+        raise TfSemisegError(f"{weights}: missing; run method {cell.method} first")
+    return load_segmenter(cfg, weights, len(data.class_names))
+
+
+def _same_split(cells: Sequence[Cell]) -> tuple[int, float]:
+    """The fold and fraction every cell of one figure shares."""
+    if not cells or len({(c.fold, c.fraction) for c in cells}) != 1:
+        raise TfSemisegError("a figure compares methods on one fold and one labeled fraction")
+    return cells[0].fold, cells[0].fraction
 
 
 def _test_slices(data: PreparedData, fold: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,19 +54,19 @@ def _save(fig, path: Path) -> Path:
     return Path(path)
 
 
-def overlay_figure(cfg: Config, data: PreparedData, root: Path, methods: Sequence[str], fraction: float, fold: int,
-                   path: Path, num_slices: int = 4) -> Path:
+def overlay_figure(cfg: Config, data: PreparedData, run: RunLayout, cells: Sequence[Cell], path: Path,
+                   num_slices: int = 4) -> Path:
     """Rows: test slices; columns: input, ground truth, each method's prediction."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [canonical_method(m) for m in methods]
+    fold, fraction = _same_split(cells)
+    methods = [c.method for c in cells]
     images, labels = _test_slices(data, fold, num_slices)
     k = len(data.class_names)
-    preds = {m: predict_probabilities(_load(cfg, data, root, m, fraction, fold).segmenter, images).argmax(-1)
-             for m in methods}
+    preds = {c.method: predict_probabilities(_load(cfg, data, run, c).segmenter, images).argmax(-1) for c in cells}
     cols = ["input", "ground truth"] + methods
     fig, axes = plt.subplots(len(images), len(cols), figsize=(1.9 * len(cols), 1.9 * len(images)), squeeze=False)
     for r in range(len(images)):
@@ -116,15 +122,15 @@ def tsne(x: np.ndarray, perplexity: float = 30.0, iterations: int = 500, seed: i
     return y
 
 
-def tsne_figure(cfg: Config, data: PreparedData, root: Path, methods: Sequence[str], fraction: float, fold: int,
-                path: Path, points: int = 900, seed: int = 0) -> Path:
+def tsne_figure(cfg: Config, data: PreparedData, run: RunLayout, cells: Sequence[Cell], path: Path,
+                points: int = 900, seed: int = 0) -> Path:
     """t-SNE of decoder features (the input of the last 1x1 conv) of test pixels, by class."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [canonical_method(m) for m in methods]
+    fold, fraction = _same_split(cells)
     images, labels = _test_slices(data, fold, 8)
     flat_labels = labels.reshape(-1)
     rng = np.random.default_rng(seed)
@@ -132,16 +138,16 @@ def tsne_figure(cfg: Config, data: PreparedData, root: Path, methods: Sequence[s
     per_class = points // k
     idx = np.concatenate([rng.choice(np.flatnonzero(flat_labels == c), min(per_class, int((flat_labels == c).sum())),
                                      replace=False) for c in range(k) if (flat_labels == c).any()])
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False)
-    for ax, m in zip(axes[0], methods):
-        unet = _load(cfg, data, root, m, fraction, fold)
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.6), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        unet = _load(cfg, data, run, cell)
         feats = unet.decoder_features.predict(images[..., None], verbose=0)
         emb = tsne(feats.reshape(-1, feats.shape[-1])[idx], seed=seed)
         for c in range(k):
             sel = flat_labels[idx] == c
             ax.scatter(emb[sel, 0], emb[sel, 1], s=4, color=_PALETTE[c % len(_PALETTE)] if c else (0.6, 0.6, 0.6),
                        label=data.class_names[c])
-        ax.set_title(m, fontsize=9)
+        ax.set_title(cell.method, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].legend(fontsize=7, markerscale=3)

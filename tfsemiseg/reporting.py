@@ -16,6 +16,8 @@ import numpy as np
 
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.io_utils import atomic_path, atomic_write_text
+from tfsemiseg.layout import RESULT, RunLayout
+from tfsemiseg.training.plans import METHODS
 
 # Hu et al. 2021, Table 1: pooled Dice on Hippocampus, mean of 4 folds.
 PAPER_HIPPOCAMPUS: dict[str, dict[float, float]] = {
@@ -29,14 +31,14 @@ PAPER_HIPPOCAMPUS: dict[str, dict[float, float]] = {
     "global+local-stride": {0.05: 0.822, 0.1: 0.851, 0.2: 0.863},
     "global+local-block": {0.05: 0.824, 0.1: 0.849, 0.2: 0.866},
 }
-METHOD_ORDER = list(PAPER_HIPPOCAMPUS) + ["global+local-full"]
+METHOD_ORDER = list(METHODS)
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    """Every test-set result.json under `results_dir`."""
-    paths = sorted(Path(results_dir).glob("**/result.json"))
+    """Every test-set result file under `results_dir`."""
+    paths = list(RunLayout(results_dir).results())
     if not paths:
-        raise TfSemisegError(f"{results_dir}: no result.json found (run `experiment` or `run` first)")
+        raise TfSemisegError(f"{results_dir}: no {RESULT} found (run `experiment` or `run` first)")
     results = []
     for p in paths:
         try:

@@ -57,9 +57,10 @@ def make_config(clip_norm=None):
         "model.global_head_dims": [16, 8],
         "model.local_head_dims": [8, 8],
         "train.deterministic": True,
-        "train.global_stage": {**common, "learning_rate": 5.0, "temperature": 0.5},
-        "train.local_stage": {**common, "learning_rate": small_grads, "temperature": 0.1, "stride": 4,
-                              "block_size": 16},
+        "train.global_stage": {**common, "learning_rate": 5.0},
+        "train.local_stage": {**common, "learning_rate": small_grads},
+        "train.global_loss": {"temperature": 0.5},
+        "train.local_loss": {"temperature": 0.1, "stride": 4, "block_size": 16},
         "train.finetune_stage": {**common, "learning_rate": small_grads},
         "train.baselines.tcsm_unlabeled_batch_size": BATCH,
         "train.baselines.tcsm_rampup_epochs": 0.0,  # full consistency weight from the first step
@@ -136,28 +137,28 @@ def run_stages(strategy, init: Path, out: Path, stages=STAGES, clip_norm=None) -
             name, _, extra = stage.partition("+")  # "+clip": clip_norm far below the gradient norm
             kind, _, mode = name.partition("-")
             scfg = make_config(CLIP_NORM if extra == "clip" else clip_norm)
-            scfg = scfg.replace(**{"train.local_stage.mode": mode}) if mode not in ("", "self") else scfg
             init_file = Path(init) / f"{MODEL_OF[kind]}_init.npz"
             key = name if name in classes else kind
             if key in ("mixup", "tcsm"):  # smaller gradients (mixed targets; the teacher takes half the step)
                 scfg = scfg.replace(**{"train.finetune_stage.learning_rate": 0.5})
-            task = classes[key](scfg, arrays, NUM_CLASSES, init_from=(init_file, ()), num_replicas=n)
+            kw = {"mode": mode} if key == "local" else {}
+            task = classes[key](scfg, arrays, NUM_CLASSES, init_from=(init_file, ()), num_replicas=n, **kw)
             task.steps_per_epoch = 1
             batch = batches[key]
             task.dataset = lambda seed, batch=batch: tf.data.Dataset.from_tensors(batch).repeat()
-            trainer = engine.Trainer(task, task.stage, Path(out) / stage, strategy, seed=0, progress=False)
+            trainer = engine.Trainer(task, task.optim, Path(out) / stage, strategy, seed=0, progress=False)
             result = trainer.fit()
-            save_weights_by_name(task.model, Path(out) / f"{stage}_after.npz")
+            save_weights_by_name(task.output_model, Path(out) / f"{stage}_after.npz")
             results[stage] = {"loss": result.last_loss, "steps": result.steps,
                               "iterations": int(trainer.optimizer.iterations.numpy())}
             if kind == "local" and mode != "self":
                 # then a batch without foreground: a skipped step changes nothing
-                before = [v.numpy().copy() for v in task.model.variables]
+                before = [v.numpy().copy() for v in task.output_model.variables]
                 empty = tf.data.Dataset.from_tensors((x, x2, tf.zeros_like(y))).repeat()
                 _, count = trainer._train_step(iter(strategy.experimental_distribute_dataset(empty)))
                 results[stage]["skipped_count"] = float(count)
                 results[stage]["skipped_unchanged"] = all(
-                    np.array_equal(b, v.numpy()) for b, v in zip(before, task.model.variables))
+                    np.array_equal(b, v.numpy()) for b, v in zip(before, task.output_model.variables))
                 results[stage]["iterations_after_skip"] = int(trainer.optimizer.iterations.numpy())
     finally:
         engine.make_optimizer = saved

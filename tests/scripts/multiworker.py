@@ -64,10 +64,10 @@ def main() -> None:
     })
     task = FinetuneTask(cfg, arrays, 3, num_replicas=strategy.num_replicas_in_sync)
     task.steps_per_epoch = args.steps  # the stage's own (augmenting) pipeline, sharded by the strategy
-    trainer = Trainer(task, task.stage, args.out / "stage", strategy, seed=0, progress=False)
-    save_weights_by_name(task.model, args.out / f"worker{args.index}_init.npz")
+    trainer = Trainer(task, task.optim, args.out / "stage", strategy, seed=0, progress=False)
+    save_weights_by_name(task.output_model, args.out / f"worker{args.index}_init.npz")
     result = trainer.fit()
-    save_weights_by_name(task.model, args.out / f"worker{args.index}.npz")
+    save_weights_by_name(task.output_model, args.out / f"worker{args.index}.npz")
     print("RESULT " + json.dumps({
         "index": args.index, "replicas": strategy.num_replicas_in_sync, "steps": result.steps, "chief": trainer.chief,
         "loss": result.last_loss, "iterations": int(trainer.optimizer.iterations.numpy()),

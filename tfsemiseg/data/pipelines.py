@@ -11,18 +11,14 @@ views:    every train slice, intensity-only views -> (view_a, view_b) (local sel
 unlabeled: every train slice, no augmentation -> image [B, H, W, 1] (TCSM)
 local:    labeled slices, intensity-only views -> (view_a, view_b, label [B, H, W])
 finetune: labeled slices, spatial + intensity -> (image [B, H, W, 1], label [B, H, W])
-eval:     one volume's slices in order, no augmentation -> image [b, H, W, 1]
 """
 
 from __future__ import annotations
-
-from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.config import AugmentConfig
-from tfsemiseg.data.preprocess import SliceVolume
 from tfsemiseg.transforms import random_intensity, random_spatial
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -48,6 +44,13 @@ def _finish(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
+def _pipeline(arrays: tuple[np.ndarray, ...], per_sample, batch_size: int, seed: int,
+              deterministic: bool) -> tf.data.Dataset:
+    """`_base` samples mapped by per_sample(sample, seed [2]) and batched."""
+    ds = _base(arrays, seed, deterministic)
+    return _finish(ds.map(per_sample, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+
+
 def global_dataset(
     images: np.ndarray, batch_size: int, aug: AugmentConfig, seed: int = 0, deterministic: bool = False
 ) -> tf.data.Dataset:
@@ -63,18 +66,11 @@ def global_dataset(
 
         return view(sa, sb), view(sc, sd)
 
-    ds = _base((images.astype(np.float32),), seed, deterministic)
-    return _finish(ds.map(views, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+    return _pipeline((images.astype(np.float32),), views, batch_size, seed, deterministic)
 
 
-def local_dataset(
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    aug: AugmentConfig,
-    seed: int = 0,
-    deterministic: bool = False,
-) -> tf.data.Dataset:
+def local_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, aug: AugmentConfig, seed: int = 0,
+                  deterministic: bool = False) -> tf.data.Dataset:
     """Two intensity-only views sharing one label map: (view_a, view_b, label)."""
 
     def views(sample, s):
@@ -84,18 +80,11 @@ def local_dataset(
         b = random_intensity(image, aug.local_intensity, sb)[..., None]
         return a, b, tf.cast(label, tf.int32)
 
-    ds = _base((images.astype(np.float32), labels.astype(np.uint8)), seed, deterministic)
-    return _finish(ds.map(views, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+    return _pipeline((images.astype(np.float32), labels.astype(np.uint8)), views, batch_size, seed, deterministic)
 
 
-def finetune_dataset(
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    aug: AugmentConfig,
-    seed: int = 0,
-    deterministic: bool = False,
-) -> tf.data.Dataset:
+def finetune_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, aug: AugmentConfig, seed: int = 0,
+                     deterministic: bool = False) -> tf.data.Dataset:
     """Spatially and intensity-augmented labeled slices: (image [B,H,W,1], label [B,H,W])."""
 
     def augment(sample, s):
@@ -105,8 +94,7 @@ def finetune_dataset(
         x = random_intensity(x, aug.finetune_intensity, sb)
         return x[..., None], y
 
-    ds = _base((images.astype(np.float32), labels.astype(np.uint8)), seed, deterministic)
-    return _finish(ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+    return _pipeline((images.astype(np.float32), labels.astype(np.uint8)), augment, batch_size, seed, deterministic)
 
 
 def views_dataset(
@@ -123,17 +111,10 @@ def views_dataset(
         return (random_intensity(image, aug.local_intensity, sa)[..., None],
                 random_intensity(image, aug.local_intensity, sb)[..., None])
 
-    ds = _base((images.astype(np.float32),), seed, deterministic)
-    return _finish(ds.map(views, num_parallel_calls=AUTOTUNE, deterministic=deterministic), batch_size)
+    return _pipeline((images.astype(np.float32),), views, batch_size, seed, deterministic)
 
 
 def unlabeled_dataset(images: np.ndarray, batch_size: int, seed: int = 0, deterministic: bool = False) -> tf.data.Dataset:
     """Shuffled unlabeled slices, unaugmented: [B, H, W, 1] (TCSM augments inside the step)."""
     ds = _base((images.astype(np.float32),), seed, deterministic)
     return _finish(ds.map(lambda sample, s: sample[0][..., None], num_parallel_calls=AUTOTUNE), batch_size)
-
-
-def volume_batches(volume: SliceVolume, batch_size: int = 64) -> Iterator[np.ndarray]:
-    """A volume's slices in order, unaugmented, as float32 [b, H, W, 1] batches."""
-    for start in range(0, volume.num_slices, batch_size):
-        yield volume.image[start : start + batch_size, :, :, None]

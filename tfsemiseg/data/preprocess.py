@@ -50,34 +50,39 @@ class SliceVolume:
         return int(self.image.shape[0])
 
 
-def minmax_normalise(volume: np.ndarray) -> np.ndarray:
-    """Scale a whole volume to [0, 1]: (x - min) / (max - min). float32 in, float32 out."""
-    lo, hi = float(volume.min()), float(volume.max())
-    return ((volume - lo) / (hi - lo)).astype(np.float32)
-
-
 def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
     """[X, Y, Z] -> [S, h, w] with the slicing axis first (order of the others kept)."""
     return np.ascontiguousarray(np.moveaxis(volume, axis, 0))
 
 
-def resize_slices(slices: np.ndarray, size: int, method: str) -> np.ndarray:
-    """Resize [S, h, w] to [S, size, size]: 'bilinear' for images, 'nearest' for labels."""
+def model_input(slices, image_size: int):
+    """Raw intensities of one volume's slices [N, H, W] -> float32 images [N, S, S, 1].
+
+    Min-max over the whole volume, (x - min) / (max - min) (0 for a constant volume),
+    then a bilinear resize of each slice to S = `image_size`. The one preprocessing of
+    images: the slice cache and the exported SavedModel's graph both call it.
+    """
     import tensorflow as tf
 
-    x = tf.convert_to_tensor(slices[..., None])
-    if method == "nearest":
-        out = tf.image.resize(tf.cast(x, tf.int32), (size, size), method="nearest")
-        return out.numpy()[..., 0].astype(np.uint8)
-    out = tf.image.resize(tf.cast(x, tf.float32), (size, size), method="bilinear")
-    return out.numpy()[..., 0].astype(np.float32)
+    x = tf.cast(slices, tf.float32)
+    lo, hi = tf.reduce_min(x), tf.reduce_max(x)
+    x = tf.math.divide_no_nan(x - lo, hi - lo)
+    return tf.image.resize(x[..., None], (image_size, image_size), method="bilinear")
+
+
+def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """Label maps [S, h, w] -> uint8 [S, size, size], nearest neighbour (no new class at borders)."""
+    import tensorflow as tf
+
+    out = tf.image.resize(tf.constant(labels[..., None].astype(np.int32)), (size, size), method="nearest")
+    return out.numpy()[..., 0].astype(np.uint8)
 
 
 def preprocess_case(case: Case, cfg: DataConfig, num_classes: int) -> SliceVolume:
     """Read, validate and preprocess one case (image and, if present, label)."""
     img = read_image(case.image, cfg.channel, cfg.spacing)
     axis = cfg.slice_axis % 3
-    image = to_slices(minmax_normalise(img.array), axis)
+    image = to_slices(img.array, axis)
     label = native = None
     if case.label is not None:
         lab = read_label(case.label, num_classes, cfg.label_map, cfg.spacing)
@@ -86,12 +91,12 @@ def preprocess_case(case: Case, cfg: DataConfig, num_classes: int) -> SliceVolum
                 f"{case.label}: label shape {lab.array.shape} does not match image {case.image.name} shape {img.array.shape}"
             )
         native = to_slices(lab.array, axis).astype(np.uint8)
-        label = resize_slices(native, cfg.image_size, "nearest")
+        label = resize_labels(native, cfg.image_size)
     order = [axis] + [a for a in range(3) if a != axis]
     spacing = tuple(float(img.spacing[a]) for a in order)
     return SliceVolume(
         case_id=case.case_id,
-        image=resize_slices(image, cfg.image_size, "bilinear"),
+        image=model_input(image, cfg.image_size).numpy()[..., 0],
         label=label,
         native_label=native,
         native_shape=tuple(int(s) for s in image.shape),  # type: ignore[arg-type]

@@ -21,8 +21,8 @@ import numpy as np
 from tfsemiseg.config import SplitConfig
 from tfsemiseg.errors import DataError
 from tfsemiseg.io_utils import atomic_write_json, read_json
+from tfsemiseg.layout import RunLayout
 
-SPLITS_FILE = "splits.json"
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def load_or_create_splits(
     A file that exists but was made for other cases, seed or ratios is an error rather
     than silently replaced: results computed on the old split would no longer match.
     """
-    path = Path(run_root) / SPLITS_FILE
+    path = RunLayout(run_root).splits
     header = {"seed": cfg.seed, "ratios": list(cfg.ratios), "cases": sorted(case_ids)}
     if path.is_file():
         data = read_json(path)

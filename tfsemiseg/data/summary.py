@@ -7,7 +7,7 @@ from typing import Sequence
 
 from tfsemiseg.config import Config
 from tfsemiseg.data.prepared import PreparedData, label_distribution, prepare_dataset
-from tfsemiseg.data.splits import SPLITS_FILE
+from tfsemiseg.layout import RunLayout
 
 
 def summarise(data: PreparedData, run_root: Path, fractions: Sequence[float]) -> str:
@@ -16,7 +16,7 @@ def summarise(data: PreparedData, run_root: Path, fractions: Sequence[float]) ->
         f"dataset {data.index.name}: {len(data.index.labeled)} labeled volumes, "
         f"{len(data.index.unlabeled)} unlabeled; classes {', '.join(f'{i}={n}' for i, n in enumerate(names))}",
         f"cache: {data.built} volumes preprocessed now, {len(data.volumes) - data.built} reused ({data.seconds:.1f} s)",
-        f"splits: {run_root / SPLITS_FILE} ({len(data.folds)} folds)",
+        f"splits: {RunLayout(run_root).splits} ({len(data.folds)} folds)",
         "",
     ]
     header = f"{'fold':>4} {'part':<16} {'volumes':>7} {'slices':>7}  " + " ".join(f"{n[:10]:>10}" for n in names)

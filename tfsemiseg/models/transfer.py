@@ -28,7 +28,8 @@ import numpy as np
 
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.io_utils import atomic_path
-from tfsemiseg.models.unet import PARTS, variable_part
+from tfsemiseg.config import Config
+from tfsemiseg.models.unet import PARTS, SEGMENTER_PARTS, UNet, build_unet, variable_part
 
 _MAX_LISTED = 8  # variable paths quoted in an error message
 
@@ -120,6 +121,18 @@ def load_weights_by_name(model: keras.Model, path: str | Path, require: Sequence
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def load_segmenter(cfg: Config, weights: str | Path, num_classes: int) -> UNet:
+    """The U-Net of `cfg`, built in float32 whatever the training precision, with the
+    fine-tuned weights in `weights` (encoder, decoder and segmentation head required).
+    Evaluation, figures and export all load a trained model through this."""
+    from tfsemiseg.training.precision import precision_policy
+
+    with precision_policy("float32"):
+        unet = build_unet(cfg.model, cfg.data.image_size, num_classes)
+    load_weights_by_name(unet.segmenter, weights, require=SEGMENTER_PARTS)
+    return unet
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 import keras
 
@@ -41,9 +40,8 @@ from tfsemiseg.errors import ConfigError
 from tfsemiseg.models.heads import global_head, local_head, segmentation_head
 from tfsemiseg.models.layers import BatchNorm
 
-Stage = Literal["global", "local", "finetune"]
-STAGES: tuple[str, ...] = ("global", "local", "finetune")
 PARTS: tuple[str, ...] = ("encoder", "decoder", "seg_head", "h1", "h2")
+SEGMENTER_PARTS: tuple[str, ...] = ("encoder", "decoder", "seg_head")  # what a fine-tuned model has
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there = 0.9 here, eps 1e-5); Keras' own
 # 0.99 makes the moving statistics lag far behind in short runs.
@@ -115,15 +113,6 @@ def build_unet(cfg: ModelConfig, image_size: int, num_classes: int) -> UNet:
         image_size=image_size,
         num_classes=num_classes,
     )
-
-
-def stage_model(unet: UNet, stage: Stage) -> keras.Model:
-    """The model a stage trains: global -> global_model, local -> local_model,
-    finetune -> segmenter."""
-    models = {"global": unet.global_model, "local": unet.local_model, "finetune": unet.segmenter}
-    if stage not in models:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    return models[stage]
 
 
 def variable_part(path: str) -> str:

@@ -19,14 +19,13 @@ import tensorflow as tf
 
 import tfsemiseg
 from tfsemiseg.config import from_dict
+from tfsemiseg.data.preprocess import model_input
 from tfsemiseg.errors import TfSemisegError
-from tfsemiseg.evaluation import softmax_probabilities
+from tfsemiseg.inference import resize_probabilities, softmax_probabilities
 from tfsemiseg.io_utils import atomic_dir, read_json
-from tfsemiseg.models.transfer import load_weights_by_name
-from tfsemiseg.models.unet import build_unet
+from tfsemiseg.layout import finished_cell_files, model_files
+from tfsemiseg.models.transfer import load_segmenter
 from tfsemiseg.serving.model_card import model_card
-
-METADATA = "metadata.json"
 
 
 def serving_function(segmenter: keras.Model, image_size: int, mirror: bool = False):
@@ -34,12 +33,8 @@ def serving_function(segmenter: keras.Model, image_size: int, mirror: bool = Fal
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="slices")])
     def serve(slices):
-        lo, hi = tf.reduce_min(slices), tf.reduce_max(slices)
-        x = tf.math.divide_no_nan(slices - lo, hi - lo)
-        height, width = tf.shape(slices)[1], tf.shape(slices)[2]
-        x = tf.image.resize(x[..., None], (image_size, image_size), method="bilinear")
-        probs = softmax_probabilities(segmenter, x, mirror)
-        probs = tf.image.resize(probs, tf.stack([height, width]), method="bilinear")
+        probs = softmax_probabilities(segmenter, model_input(slices, image_size), mirror)
+        probs = resize_probabilities(probs, tf.shape(slices)[1:3])
         labels = tf.argmax(probs, axis=-1, output_type=tf.int32)
         return {"probabilities": tf.identity(probs, name="probabilities"), "labels": tf.identity(labels, name="labels")}
 
@@ -48,12 +43,11 @@ def serving_function(segmenter: keras.Model, image_size: int, mirror: bool = Fal
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
     """The evaluated result of a method folder and its fine-tuned weights."""
-    run_dir = Path(run_dir)
-    result_path, weights = run_dir / "result.json", run_dir / "finetune" / "weights.npz"
+    result_path, weights = finished_cell_files(run_dir)
     if not result_path.is_file() or not weights.is_file():
         raise TfSemisegError(
-            f"{run_dir}: not a finished run (needs result.json and finetune/weights.npz; "
-            "give the method folder, e.g. runs/NAME/fold0/frac0.1/global+local-block)"
+            f"{run_dir}: not a finished run (needs {result_path.relative_to(run_dir)} and "
+            f"{weights.relative_to(run_dir)}; give the method folder, e.g. runs/NAME/fold0/frac0.1/global+local-block)"
         )
     return read_json(result_path), weights
 
@@ -63,8 +57,7 @@ def export_run(run_dir: Path, dest: Path, overwrite: bool = False) -> Path:
     result, weights = load_run(run_dir)
     cfg = from_dict(result["config"])
     class_names = result["class_names"]
-    unet = build_unet(cfg.model, cfg.data.image_size, len(class_names))
-    load_weights_by_name(unet.segmenter, weights, require=("encoder", "decoder", "seg_head"))
+    unet = load_segmenter(cfg, weights, len(class_names))
     archive = keras.export.ExportArchive()
     archive.track(unet.segmenter)
     archive.add_endpoint(
@@ -92,6 +85,7 @@ def export_run(run_dir: Path, dest: Path, overwrite: bool = False) -> Path:
     }
     with atomic_dir(Path(dest), overwrite=overwrite) as tmp:
         archive.write_out(str(tmp), verbose=False)
-        (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
-        (tmp / "MODEL_CARD.md").write_text(model_card(metadata, Path(dest).name))
+        files = model_files(tmp)
+        files.metadata.write_text(json.dumps(metadata, indent=2) + "\n")
+        files.model_card.write_text(model_card(metadata, Path(dest).name))
     return Path(dest)

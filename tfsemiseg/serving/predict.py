@@ -25,7 +25,7 @@ from tfsemiseg.data.datasets import case_id_of
 from tfsemiseg.data.nifti import checked_spacing, load_nifti
 from tfsemiseg.errors import DataError, TfSemisegError
 from tfsemiseg.io_utils import ensure_writable_dir
-from tfsemiseg.serving.export import METADATA
+from tfsemiseg.layout import model_files
 
 
 @dataclass
@@ -41,15 +41,21 @@ class Prediction:
         return f"{self.path.name}: shape {self.shape}, {self.seconds:.2f} s, voxels {counts} -> {self.output}"
 
 
-class Segmenter:
+def read_metadata(model_dir: Path) -> dict:
+    """The metadata of an exported model folder, or one error saying it is not one."""
+    files = model_files(model_dir)
+    if not files.saved_model.is_file() or not files.metadata.is_file():
+        raise TfSemisegError(
+            f"{model_dir}: not an exported model (needs {files.saved_model.name} and {files.metadata.name})"
+        )
+    return json.loads(files.metadata.read_text())
+
+
+class ExportedModel:
     """A loaded SavedModel plus its metadata."""
 
     def __init__(self, model_dir: Path):
-        model_dir = Path(model_dir)
-        meta_path = model_dir / METADATA
-        if not (model_dir / "saved_model.pb").is_file() or not meta_path.is_file():
-            raise TfSemisegError(f"{model_dir}: not an exported model (needs saved_model.pb and {METADATA})")
-        self.metadata = json.loads(meta_path.read_text())
+        self.metadata = read_metadata(model_dir)
         self.class_names: list[str] = self.metadata["class_names"]
         self.axis: int = int(self.metadata["slice_axis"])
         self.channel: int = int(self.metadata.get("channel", 0))
@@ -153,7 +159,7 @@ def predict_files(
                     raise TfSemisegError(f"{target}: already exists (use --force to overwrite)")
     for f in files:  # every input is checked before anything is written
         _read_volume(f, spacing)
-    model = Segmenter(model_dir)
+    model = ExportedModel(model_dir)
     results = []
     for f in files:
         start = time.perf_counter()

@@ -49,7 +49,7 @@ class MixupTask(FinetuneTask):
         images, labels = replica_gather(image), replica_gather(label)
         perm = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(images)[0]), seed=seeds[2])
         mixed = replica_slice(lam * images + (1.0 - lam) * tf.gather(images, perm), tf.shape(image)[0])
-        logits = self.model(mixed, training=True)
+        logits = self.unet.segmenter(mixed, training=True)
         loss = mixup_loss(replica_gather(logits), labels, tf.gather(labels, perm), lam, self.num_classes)
         return loss, tf.shape(image)[0]
 
@@ -88,12 +88,16 @@ class TCSMTask(FinetuneTask):
         return self.unet.segmenter
 
     @property
+    def teacher(self) -> keras.Model:
+        return self.teacher_unet.segmenter
+
+    @property
     def init_target(self) -> keras.Model:
         return self.student  # the teacher starts as a copy of it
 
     @property
-    def model(self) -> keras.Model:
-        return self.teacher_unet.segmenter
+    def output_model(self) -> keras.Model:
+        return self.teacher  # evaluated and exported
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:
@@ -102,13 +106,13 @@ class TCSMTask(FinetuneTask):
     @property
     def state_variables(self) -> list[tf.Variable]:
         # both forward passes update their own BatchNorm statistics
-        return self.student.non_trainable_variables + self.model.non_trainable_variables
+        return self.student.non_trainable_variables + self.teacher.non_trainable_variables
 
     def checkpoint_items(self) -> dict[str, Any]:
-        return {"model": self.model, "student": self.student, "tcsm_updates": self.updates}
+        return {"model": self.teacher, "student": self.student, "tcsm_updates": self.updates}
 
     def dataset(self, seed: int) -> tf.data.Dataset:
-        labeled = finetune_dataset(self.images, self.labels, self.stage.batch_size, self.cfg.augment, seed,
+        labeled = finetune_dataset(self.images, self.labels, self.optim.batch_size, self.cfg.augment, seed,
                                    self.cfg.train.deterministic)
         unlabeled = unlabeled_dataset(self.unlabeled, self.settings.tcsm_unlabeled_batch_size, seed + 7,
                                       self.cfg.train.deterministic)
@@ -142,7 +146,7 @@ class TCSMTask(FinetuneTask):
         noisy_s = x + tf.concat([self._noise(x_l, s_ls), self._noise(x_u, s_us)], 0)
         noisy_t = x + tf.concat([self._noise(x_l, s_lt), self._noise(x_u, s_ut)], 0)
         student_logits = self.student(flip_rotate(noisy_s, k, flip), training=True)
-        teacher_probs = flip_rotate(tf.nn.softmax(tf.cast(self.model(noisy_t, training=True), tf.float32)), k, flip)
+        teacher_probs = flip_rotate(tf.nn.softmax(tf.cast(self.teacher(noisy_t, training=True), tf.float32)), k, flip)
         y_t = flip_rotate(tf.cast(y_l, tf.int32)[..., None], k, flip)[..., 0]
         sup = segmentation_loss(replica_gather(student_logits[:n_l]), replica_gather(y_t), self.num_classes)
         student_probs = tf.nn.softmax(tf.cast(student_logits, tf.float32))
@@ -157,7 +161,7 @@ class TCSMTask(FinetuneTask):
     def after_update(self) -> None:
         self.updates.assign_add(1)
         decay = self.ema_decay()
-        for t, s in zip(self.model.trainable_variables, self.student.trainable_variables):
+        for t, s in zip(self.teacher.trainable_variables, self.student.trainable_variables):
             t.assign(decay * t + (1.0 - decay) * s)
 
 
@@ -169,20 +173,20 @@ class LocalSelfTask(UNetTask):
     def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, **kw: Any):
         super().__init__(cfg, cfg.train.local_stage, num_classes, len(arrays.unlabeled_images), **kw)
         self.images = arrays.unlabeled_images
-        self.images_per_step = 2 * self.stage.batch_size
+        self.images_per_step = 2 * self.optim.batch_size
 
     @property
-    def model(self) -> keras.Model:
+    def output_model(self) -> keras.Model:
         return self.unet.local_model
 
     def loss(self, batch, seed):
         view_a, view_b = batch
-        f = self.model(tf.concat([view_a, view_b], 0), training=True)
+        f = self.unet.local_model(tf.concat([view_a, view_b], 0), training=True)
         f_a, f_b = tf.split(f, 2, axis=0)
         loss = self_supervised_local_contrastive_loss(
-            replica_gather(f_a), replica_gather(f_b), self.stage.temperature, self.cfg.train.baselines.self_positions
+            replica_gather(f_a), replica_gather(f_b), self.cfg.train.local_loss.temperature, self.cfg.train.baselines.self_positions
         )
         return loss, tf.shape(view_a)[0]
 
     def dataset(self, seed: int) -> tf.data.Dataset:
-        return views_dataset(self.images, self.stage.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic)
+        return views_dataset(self.images, self.optim.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic)

@@ -23,13 +23,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsemiseg.config import StageConfig
+from tfsemiseg.config import OptimConfig
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.io_utils import atomic_write_json, ensure_writable_dir
+from tfsemiseg.layout import stage_files
 from tfsemiseg.training.strategy import worker_role
-
-STAGE_DONE = "stage.json"
-
 
 class TrainingError(TfSemisegError):
     """Training cannot go on (non-finite loss, ...)."""
@@ -56,21 +54,22 @@ class Task:
         raise NotImplementedError
 
     @property
-    def model(self) -> keras.Model:  # the model whose weights the stage produces
+    def output_model(self) -> keras.Model:  # pragma: no cover - interface
+        """The model whose weights the stage writes (and fine-tuning validates)."""
         raise NotImplementedError
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:
-        return self.model.trainable_variables
+        return self.output_model.trainable_variables
 
     @property
     def state_variables(self) -> list[tf.Variable]:
         """Non-trainable state the training forward pass updates (BatchNorm statistics)."""
-        return self.model.non_trainable_variables
+        return self.output_model.non_trainable_variables
 
     def checkpoint_items(self) -> dict[str, Any]:
         """Objects saved in checkpoints besides the optimizer and counters."""
-        return {"model": self.model}
+        return {"model": self.output_model}
 
     def loss(self, batch: Any, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -107,7 +106,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def learning_rate_schedule(cfg: StageConfig, total_steps: int, steps_per_epoch: int):
+def learning_rate_schedule(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
     """Constant or cosine decay to 0, with optional linear warm-up (in epochs)."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "constant" and warmup == 0:
@@ -123,7 +122,7 @@ def learning_rate_schedule(cfg: StageConfig, total_steps: int, steps_per_epoch: 
     )
 
 
-def make_optimizer(cfg: StageConfig, lr: Any, precision: str) -> keras.Optimizer:
+def make_optimizer(cfg: OptimConfig, lr: Any, precision: str) -> keras.Optimizer:
     """Adam (the paper's optimizer), AdamW when weight decay is set; loss scaling for float16."""
     kwargs = {"learning_rate": lr, "global_clipnorm": cfg.clip_norm}
     if cfg.weight_decay > 0:
@@ -136,7 +135,7 @@ def make_optimizer(cfg: StageConfig, lr: Any, precision: str) -> keras.Optimizer
 
 
 def stage_finished(stage_dir: Path) -> bool:
-    return (Path(stage_dir) / STAGE_DONE).is_file()
+    return stage_files(stage_dir).done.is_file()
 
 
 def _logger(stage_dir: Path, name: str, to_file: bool = True) -> logging.Logger:
@@ -145,7 +144,7 @@ def _logger(stage_dir: Path, name: str, to_file: bool = True) -> logging.Logger:
     log.propagate = False
     if not log.handlers:
         if to_file:
-            fh = logging.FileHandler(stage_dir / "train.log")
+            fh = logging.FileHandler(stage_files(stage_dir).log)
             fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             log.addHandler(fh)
         sh = logging.StreamHandler(sys.stderr)
@@ -160,14 +159,14 @@ class Trainer:
     def __init__(
         self,
         task: Task,
-        cfg: StageConfig,
+        optim: OptimConfig,
         stage_dir: Path,
         strategy: tf.distribute.Strategy,
         precision: str = "float32",
         seed: int = 0,
         progress: Optional[bool] = None,
     ):
-        self.task, self.cfg, self.strategy = task, cfg, strategy
+        self.task, self.optim, self.strategy = task, optim, strategy
         self.stage_dir = ensure_writable_dir(Path(stage_dir))
         # Multi-worker: every worker restores from the chief's checkpoints and takes part
         # in saving (it may involve collectives), but only the chief writes into the stage
@@ -178,14 +177,14 @@ class Trainer:
         self.precision, self.seed = precision, seed
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.chief
         self.log = _logger(self.stage_dir, task.name if self.chief else f"{task.name} worker {worker}", self.chief)
-        self.total_steps = cfg.epochs * task.steps_per_epoch
+        self.total_steps = optim.epochs * task.steps_per_epoch
         with strategy.scope():
             keras.utils.set_random_seed(seed)  # the initial weights follow train.seed too
             task.build()
-            self._schedule = learning_rate_schedule(cfg, self.total_steps, task.steps_per_epoch)
+            self._schedule = learning_rate_schedule(optim, self.total_steps, task.steps_per_epoch)
             # With several replicas the Keras optimizer would clip each replica's partial
             # gradient before summing them; the step clips the summed gradient instead.
-            opt_cfg = replace(cfg, clip_norm=None) if strategy.num_replicas_in_sync > 1 else cfg
+            opt_cfg = replace(optim, clip_norm=None) if strategy.num_replicas_in_sync > 1 else optim
             self.optimizer = make_optimizer(opt_cfg, self._schedule, precision)
             # Keras 3: build before the first step, a lazily built optimizer fails in strategy.run
             self.optimizer.build(task.trainable_variables)
@@ -201,10 +200,10 @@ class Trainer:
         self.ckpt = tf.train.Checkpoint(
             optimizer=self.optimizer, step=self.step, epoch=self.epoch, best_dice=self.best_dice, rng=self.rng, **items
         )
-        self.manager = tf.train.CheckpointManager(self.ckpt, str(write_dir / "checkpoints"), max_to_keep=2)
+        self.manager = tf.train.CheckpointManager(self.ckpt, str(stage_files(write_dir).checkpoints), max_to_keep=2)
         self.best_ckpt = tf.train.Checkpoint(**items)
-        self.best_manager = tf.train.CheckpointManager(self.best_ckpt, str(write_dir / "best"), max_to_keep=1)
-        self.writer = (tf.summary.create_file_writer(str(self.stage_dir / "tb")) if self.chief
+        self.best_manager = tf.train.CheckpointManager(self.best_ckpt, str(stage_files(write_dir).best), max_to_keep=1)
+        self.writer = (tf.summary.create_file_writer(str(stage_files(self.stage_dir).tensorboard)) if self.chief
                        else tf.summary.create_noop_writer())
         self._train_step = self._make_train_step()
         self.validation_seconds = 0.0  # this process's (a resumed stage counts from its restart)
@@ -214,7 +213,7 @@ class Trainer:
         strategy, task, opt = self.strategy, self.task, self.optimizer
         num_replicas = strategy.num_replicas_in_sync
         scaled = isinstance(opt, keras.optimizers.LossScaleOptimizer)
-        clip_norm = self.cfg.clip_norm if num_replicas > 1 else None  # else the optimizer clips
+        clip_norm = self.optim.clip_norm if num_replicas > 1 else None  # else the optimizer clips
         # State the forward pass changes (BatchNorm moving statistics): put back when the
         # step is skipped (nothing to learn from) or rejected (non-finite loss).
         state = list(task.state_variables)
@@ -261,15 +260,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> FitResult:
-        cfg, task = self.cfg, self.task
-        latest = self._chief_checkpoint("checkpoints")
+        optim, task = self.optim, self.task
+        latest = self._chief_checkpoint()
         if latest:
             self.ckpt.restore(latest)
             self.log.info(f"resumed from {latest} at step {int(self.step)}, epoch {int(self.epoch)}")
         start_time = time.perf_counter()
         history: list[dict[str, float]] = []
         last_loss = float("nan")
-        while int(self.epoch) < cfg.epochs:
+        while int(self.epoch) < optim.epochs:
             epoch = int(self.epoch)
             done_in_epoch = int(self.step) - epoch * task.steps_per_epoch
             ds = task.dataset(self.seed + epoch).skip(done_in_epoch)
@@ -283,7 +282,7 @@ class Trainer:
                 loss_v = float(loss)
                 step = int(self.step) + 1
                 if not math.isfinite(loss_v):
-                    good = self._chief_checkpoint("checkpoints") or "none"
+                    good = self._chief_checkpoint() or "none"
                     raise TrainingError(
                         f"stage {task.name}: non-finite loss ({loss_v}) at step {step}; "
                         f"the last good checkpoint is kept: {good}"
@@ -303,7 +302,7 @@ class Trainer:
                         tf.summary.scalar(f"{task.name}/images_per_second", ips)
                 if bar:
                     bar.update(i + 1, [("loss", loss_v), ("img/s", ips)])
-                if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                if optim.checkpoint_every_steps and step % optim.checkpoint_every_steps == 0:
                     self.manager.save(checkpoint_number=step)
             self.epoch.assign(epoch + 1)
             row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
@@ -314,7 +313,7 @@ class Trainer:
             self.manager.save(checkpoint_number=int(self.step))
         self.writer.flush()
         # own best first (a non-chief's copy equals the chief's, which may still be written)
-        best = self.best_manager.latest_checkpoint or self._chief_checkpoint("best")
+        best = self.best_manager.latest_checkpoint or self._chief_checkpoint(best=True)
         if float(self.best_dice) >= 0 and best:
             self.best_ckpt.restore(best).expect_partial()
             self.log.info(f"restored best checkpoint (validation Dice {float(self.best_dice):.4f})")
@@ -331,9 +330,10 @@ class Trainer:
             history=history,
         )
 
-    def _chief_checkpoint(self, kind: str) -> Optional[str]:
-        """Latest checkpoint in the stage folder's `kind` ("checkpoints" / "best"), the chief's."""
-        return tf.train.latest_checkpoint(str(self.stage_dir / kind))
+    def _chief_checkpoint(self, best: bool = False) -> Optional[str]:
+        """The latest checkpoint of the stage folder (the chief's): its best one with `best`."""
+        files = stage_files(self.stage_dir)
+        return tf.train.latest_checkpoint(str(files.best if best else files.checkpoints))
 
     def _current_lr(self) -> float:
         """The learning rate of the last applied update (skipped steps do not advance the schedule)."""
@@ -343,8 +343,8 @@ class Trainer:
         return float(tf.convert_to_tensor(schedule))
 
     def _validate(self, epoch: int) -> dict[str, float]:
-        cfg = self.cfg
-        if epoch != cfg.epochs and (epoch % max(1, cfg.validate_every_epochs) or epoch < cfg.validate_from_epoch):
+        optim = self.optim
+        if epoch != optim.epochs and (epoch % max(1, optim.validate_every_epochs) or epoch < optim.validate_from_epoch):
             return {}
         start = time.perf_counter()
         metrics = self.task.validate()
@@ -377,4 +377,4 @@ def write_stage_done(stage_dir: Path, result: FitResult, extra: dict[str, Any]) 
         "history": result.history,
         **extra,
     }
-    atomic_write_json(Path(stage_dir) / STAGE_DONE, json.loads(json.dumps(data, default=float)))
+    atomic_write_json(stage_files(stage_dir).done, json.loads(json.dumps(data, default=float)))

@@ -1,16 +1,9 @@
-"""Methods as sequences of stages, run resumably in a run folder, then evaluated.
+"""Run a method's stages resumably in a run folder, then evaluate it.
 
-Run folder layout (ROOT = OUTPUT_DIR/NAME from the config, or --out):
-
-    ROOT/splits.json                                   the folds, reused
-    ROOT/fold{k}/global/                               global stage (no labels: shared
-                                                       by every fraction and method)
-    ROOT/fold{k}/frac{f}/{method}/{local,finetune}/    the labeled stages
-    ROOT/fold{k}/frac{f}/{method}/result.json          test-set evaluation
-
-Each stage folder holds checkpoints/ (resume), best/ (fine-tune), tb/ (TensorBoard),
-train.log, weights.npz (the stage's final weights, by variable name) and stage.json,
-written last: a stage with stage.json is finished and is skipped on the next run.
+A method is a plan of stages (`tfsemiseg.training.plans`); each stage is a Task handed to
+the one Trainer, in its folder of the run layout (`tfsemiseg.layout`). A stage whose
+folder holds stage.json is finished and is skipped on the next run, unless its settings
+or the weights it started from have changed since, which is refused.
 """
 
 from __future__ import annotations
@@ -18,80 +11,38 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-
 from tfsemiseg.config import Config
-from tfsemiseg.data.prepared import PreparedData, TrainingArrays, evaluation_volumes, prepare_dataset, training_arrays
+from tfsemiseg.data.prepared import PreparedData, evaluation_volumes, prepare_dataset, training_arrays
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.evaluation import evaluate_volumes, format_report
 from tfsemiseg.io_utils import atomic_write_json, read_json
-from tfsemiseg.models.transfer import load_weights_by_name, save_weights_by_name
-from tfsemiseg.models.unet import build_unet
-from tfsemiseg.training.engine import STAGE_DONE, Trainer, stage_finished, write_stage_done
+from tfsemiseg.layout import Cell, RunLayout, stage_files
+from tfsemiseg.models.transfer import load_segmenter, save_weights_by_name
 from tfsemiseg.training.baselines import LocalSelfTask, MixupTask, TCSMTask
-from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
+from tfsemiseg.training.engine import Trainer, stage_finished, write_stage_done
+from tfsemiseg.training.plans import METHODS, REQUIRED_PARTS, StagePlan, plan_until
 from tfsemiseg.training.precision import precision_policy, resolve_precision
+from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask, UNetTask
 from tfsemiseg.training.strategy import worker_barrier, worker_role
 
-WEIGHTS = "weights.npz"
-RESULT = "result.json"
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    stage: str  # "global" | "local" | "finetune"
-    init_from: Optional[str] = None  # previous stage of this plan
-    local_mode: Optional[str] = None  # local stage: stride | block | full | self
-    variant: Optional[str] = None  # fine-tune stage: None | mixup | tcsm
-
-
-_REQUIRE = {"global": ("encoder",), "local": ("encoder", "decoder")}
-
-METHODS: dict[str, list[StagePlan]] = {
-    "random": [StagePlan("finetune")],
-    "global": [StagePlan("global"), StagePlan("finetune", "global")],
-    "local-stride": [StagePlan("local", None, "stride"), StagePlan("finetune", "local")],
-    "local-block": [StagePlan("local", None, "block"), StagePlan("finetune", "local")],
-    "global+local-stride": [StagePlan("global"), StagePlan("local", "global", "stride"), StagePlan("finetune", "local")],
-    "global+local-block": [StagePlan("global"), StagePlan("local", "global", "block"), StagePlan("finetune", "local")],
-    "global+local-full": [StagePlan("global"), StagePlan("local", "global", "full"), StagePlan("finetune", "local")],
-    "global+local-self": [StagePlan("global"), StagePlan("local", "global", "self"), StagePlan("finetune", "local")],
-    "mixup": [StagePlan("finetune", variant="mixup")],
-    "tcsm": [StagePlan("finetune", variant="tcsm")],
-}
-
-
-def canonical_method(name: str) -> str:
-    """Accept the paper's spelling too: 'global+local(block)' -> 'global+local-block'."""
-    key = name.strip().lower().replace("(", "-").replace(")", "").replace(" ", "")
-    if key not in METHODS:
-        raise TfSemisegError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    return key
-
-
-def method_dir(root: Path, method: str, fraction: float, fold: int) -> Path:
-    return Path(root) / f"fold{fold}" / f"frac{fraction:g}" / canonical_method(method)
-
-
-def stage_dir(root: Path, method: str, fraction: float, fold: int, stage: str) -> Path:
-    if stage == "global":
-        return Path(root) / f"fold{fold}" / "global"
-    return method_dir(root, method, fraction, fold) / stage
+Echo = Callable[[str], None]
 
 
 def _stage_digest(cfg: Config, plan: StagePlan) -> str:
     """Hash of every setting the stage's result depends on (to refuse stale reuse)."""
     d = cfg.to_dict()
     d["data"].pop("cache_dir")  # where slices are cached does not change a result
-    stage_cfg = d["train"][f"{plan.stage}_stage"]
+    train = d["train"]
     parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
-             "stage": stage_cfg, "seed": d["train"]["seed"],
-             "plan": [plan.stage, plan.init_from, plan.local_mode, plan.variant]}
+             "stage": train[f"{plan.name}_stage"], "seed": train["seed"],
+             "plan": [plan.name, plan.init_from, plan.local_mode, plan.variant]}
+    if plan.name in ("global", "local"):
+        parts["loss"] = train[f"{plan.name}_loss"]
     if plan.variant or plan.local_mode == "self":
-        parts["baselines"] = d["train"]["baselines"]
+        parts["baselines"] = train["baselines"]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -101,13 +52,13 @@ def _file_sha256(path: Path) -> str:
 
 def _check_reuse(folder: Path, digest: str, parent: Optional[Path]) -> None:
     """Refuse a finished stage whose configuration, or whose parent stage, has changed since."""
-    info = read_json(folder / STAGE_DONE)
+    info = read_json(stage_files(folder).done)
     if info.get("config_digest") != digest:
         raise TfSemisegError(
             f"{folder}: finished with a different configuration (digest {info.get('config_digest')} != {digest}); "
             "use another --out or config name, or delete that folder"
         )
-    if parent is not None and info.get("parent_weights_sha256") != _file_sha256(parent / WEIGHTS):
+    if parent is not None and info.get("parent_weights_sha256") != _file_sha256(stage_files(parent).weights):
         raise TfSemisegError(
             f"{folder}: stale, it was trained from other weights than those now in {parent} "
             f"(that stage was retrained after it); delete {folder} and every stage after it, "
@@ -115,140 +66,120 @@ def _check_reuse(folder: Path, digest: str, parent: Optional[Path]) -> None:
         )
 
 
-def run_method(
-    cfg: Config,
-    data: PreparedData,
-    root: Path,
-    method: str,
-    fraction: float,
-    fold: int,
-    strategy,
-    echo: Callable[[str], None] = print,
-    until: Optional[str] = None,
-) -> Optional[dict[str, Any]]:
-    """Run (or resume) every stage of `method`, then evaluate on the test volumes.
+def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, init, num_replicas: int) -> UNetTask:
+    split = data.split(cell.fold)
+    arrays = training_arrays(data, split, cell.fraction)
+    k = len(data.class_names)
+    kw = {"init_from": init, "num_replicas": num_replicas}
+    if plan.name == "global":
+        return GlobalTask(cfg, arrays, k, **kw)
+    if plan.name == "local":
+        if plan.local_mode == "self":
+            return LocalSelfTask(cfg, arrays, k, **kw)
+        return LocalTask(cfg, arrays, k, mode=plan.local_mode, **kw)
+    finetune = {None: FinetuneTask, "mixup": MixupTask, "tcsm": TCSMTask}[plan.variant]
+    return finetune(cfg, arrays, k, val_volumes=evaluation_volumes(data, split, "val"), **kw)
 
-    With `until`, stop after that stage (evaluating only if it is the fine-tune stage).
-    """
-    method = canonical_method(method)
+
+def _run_stage(cfg: Config, data: PreparedData, cell: Cell, plan: StagePlan, folder: Path, parent: Optional[Path],
+               digest: str, strategy, echo: Echo) -> None:
+    """Train one stage in `folder` (resuming), then (the chief) write its weights and stage.json."""
     precision = resolve_precision(cfg.train.precision)
-    split = data.split(fold)
-    arrays = training_arrays(data, split, fraction)
+    init = (stage_files(parent).weights, REQUIRED_PARTS[plan.init_from]) if parent is not None else None
+    with precision_policy(precision):
+        task = _make_task(cfg, plan, data, cell, init, strategy.num_replicas_in_sync)
+        echo(f"[{plan.name}] training in {folder} ({task.steps_per_epoch} steps/epoch, precision {precision})")
+        trainer = Trainer(task, task.optim, folder, strategy, precision, cfg.train.seed)
+        if task.transfer is not None:
+            echo(f"[{plan.name}] initial weights from {task.transfer.path}: {task.transfer.summary()}")
+        result = trainer.fit()
+    if trainer.chief:  # multi-worker: the chief writes the stage's outputs ...
+        save_weights_by_name(task.output_model, stage_files(folder).weights)
+        write_stage_done(folder, result, {
+            "config_digest": digest, "method": cell.method, "fold": cell.fold, "fraction": cell.fraction,
+            "split_digest": data.split(cell.fold).digest(),
+            "init": task.transfer.summary() if task.transfer else "random", "precision": precision,
+            "parent_weights_sha256": _file_sha256(stage_files(parent).weights) if parent is not None else None,
+        })
+    worker_barrier(strategy)  # ... before any worker reads them
+
+
+def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, strategy, echo: Echo = print,
+               until: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """Run (or resume) every stage of the cell's method, then evaluate on the test volumes.
+
+    With `until`, stop after that stage (evaluating only if it is the fine-tuning stage).
+    """
+    plans = plan_until(cell.method, until)
     folders: dict[str, Path] = {}
-    plans = METHODS[method]
-    if until is not None:
-        if until not in [p.stage for p in plans]:
-            raise TfSemisegError(f"method {method} has no {until} stage (its stages: {', '.join(p.stage for p in plans)})")
-        plans = plans[: [p.stage for p in plans].index(until) + 1]
     for plan in plans:
-        folder = stage_dir(root, method, fraction, fold, plan.stage)
-        folders[plan.stage] = folder
+        folder = folders[plan.name] = run.stage_dir(cell, plan.name)
         parent = folders[plan.init_from] if plan.init_from is not None else None
-        digest = _stage_digest(_with_mode(cfg, plan), plan)
+        digest = _stage_digest(cfg, plan)
         if stage_finished(folder):
             _check_reuse(folder, digest, parent)
-            echo(f"[{plan.stage}] already finished in {folder}")
+            echo(f"[{plan.name}] already finished in {folder}")
             continue
-        init = (parent / WEIGHTS, _REQUIRE[plan.init_from]) if parent is not None else None
-        with precision_policy(precision):
-            task = _make_task(_with_mode(cfg, plan), plan, arrays, data, split, init, strategy.num_replicas_in_sync)
-            echo(f"[{plan.stage}] training in {folder} ({task.steps_per_epoch} steps/epoch, precision {precision})")
-            trainer = Trainer(task, task.stage, folder, strategy, precision, cfg.train.seed)
-            if task.transfer is not None:
-                echo(f"[{plan.stage}] initial weights from {task.transfer.path}: {task.transfer.summary()}")
-            result = trainer.fit()
-        if trainer.chief:  # multi-worker: the chief writes the stage's outputs ...
-            save_weights_by_name(task.model, folder / WEIGHTS)
-            write_stage_done(folder, result, {
-                "config_digest": digest, "method": method, "fold": fold, "fraction": fraction,
-                "split_digest": split.digest(), "init": task.transfer.summary() if task.transfer else "random",
-                "precision": precision,
-                "parent_weights_sha256": _file_sha256(parent / WEIGHTS) if parent is not None else None,
-            })
-        worker_barrier(strategy)  # ... before any worker reads them
-    if plans[-1].stage != "finetune" or not worker_role(strategy)[0]:
+        _run_stage(cfg, data, cell, plan, folder, parent, digest, strategy, echo)
+    if plans[-1].name != "finetune" or not worker_role(strategy)[0]:
         return None
-    return evaluate_method(cfg, data, root, method, fraction, fold, echo)
+    return evaluate_method(cfg, data, run, cell, echo)
 
 
-def evaluate_method(
-    cfg: Config, data: PreparedData, root: Path, method: str, fraction: float, fold: int,
-    echo: Callable[[str], None] = print, part: str = "test",
-) -> dict[str, Any]:
-    """Evaluate the fine-tuned weights of a finished method on the split's test volumes."""
-    method = canonical_method(method)
-    folder = method_dir(root, method, fraction, fold)
-    weights = stage_dir(root, method, fraction, fold, "finetune") / WEIGHTS
+def evaluate_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, echo: Echo = print,
+                    part: str = "test") -> dict[str, Any]:
+    """Evaluate the fine-tuned weights of a finished cell on its split's test (or val) volumes."""
+    weights = run.weights(cell, "finetune")
     if not weights.is_file():
         raise TfSemisegError(f"{weights}: missing; run the method first")
-    split = data.split(fold)
-    with precision_policy("float32"):  # evaluation runs in float32 whatever the training precision
-        unet = build_unet(cfg.model, cfg.data.image_size, len(data.class_names))
-    load_weights_by_name(unet.segmenter, weights, require=("encoder", "decoder", "seg_head"))
+    split = data.split(cell.fold)
+    unet = load_segmenter(cfg, weights, len(data.class_names))  # float32 whatever the training precision
     start = time.perf_counter()
     volumes = evaluation_volumes(data, split, part)
     # the configured evaluation, and the other mirroring setting beside it (single pass is the paper's)
     report, other = (evaluate_volumes(unet.segmenter, volumes, data.class_names, mirror=m)
                      for m in (cfg.evaluation.mirror, not cfg.evaluation.mirror))
     stages = {}
-    for plan in METHODS[method]:
-        info = read_json(stage_dir(root, method, fraction, fold, plan.stage) / STAGE_DONE)
-        stages[plan.stage] = {k: info.get(k) for k in ("seconds", "validation_seconds", "steps", "epochs", "last_loss",
-                                                       "best_val_dice", "init", "precision")}
+    for plan in METHODS[cell.method]:
+        info = read_json(run.stage_done(cell, plan.name))
+        stages[plan.name] = {k: info.get(k) for k in ("seconds", "validation_seconds", "steps", "epochs", "last_loss",
+                                                      "best_val_dice", "init", "precision")}
+    labeled = split.labeled(cell.fraction)
     result = {
-        "method": method, "fold": fold, "fraction": fraction, "part": part,
+        "method": cell.method, "fold": cell.fold, "fraction": cell.fraction, "part": part,
         "dataset": data.index.name, "class_names": list(data.class_names),
-        "split_digest": split.digest(), "num_labeled_volumes": len(split.labeled(fraction)),
-        "labeled_cases": split.labeled(fraction), "seed": cfg.train.seed,
+        "split_digest": split.digest(), "num_labeled_volumes": len(labeled),
+        "labeled_cases": labeled, "seed": cfg.train.seed,
         "stages": stages, "eval_seconds": round(time.perf_counter() - start, 2),
         "metrics": report, "extra_metrics": [other], "config": cfg.to_dict(),
     }
-    atomic_write_json(folder / (RESULT if part == "test" else f"result_{part}.json"), result)
-    echo(f"{method}, fold {fold}, {100 * fraction:g}% labeled ({len(split.labeled(fraction))} volumes), {part} set:")
+    atomic_write_json(run.result(cell, part), result)
+    echo(f"{cell.method}, fold {cell.fold}, {100 * cell.fraction:g}% labeled ({len(labeled)} volumes), {part} set:")
     echo(format_report(report))
     return result
 
 
-def _with_mode(cfg: Config, plan: StagePlan) -> Config:
-    if plan.stage == "local" and plan.local_mode not in (None, "self") and plan.local_mode != cfg.train.local_stage.mode:
-        return cfg.replace(**{"train.local_stage.mode": plan.local_mode})
-    return cfg
+def prepare_and_run(cfg: Config, data_dir: Path, run: RunLayout, cell: Cell, strategy, echo: Echo = print,
+                    until: Optional[str] = None) -> Optional[dict[str, Any]]:
+    data = prepare_dataset(cfg, data_dir, run.root)
+    return run_method(cfg, data, run, cell, strategy, echo, until)
 
 
-def _make_task(cfg, plan, arrays: TrainingArrays, data: PreparedData, split, init, num_replicas: int):
-    k = len(data.class_names)
-    kw = {"init_from": init, "num_replicas": num_replicas}
-    if plan.stage == "global":
-        return GlobalTask(cfg, arrays, k, **kw)
-    if plan.stage == "local":
-        return (LocalSelfTask if plan.local_mode == "self" else LocalTask)(cfg, arrays, k, **kw)
-    finetune = {None: FinetuneTask, "mixup": MixupTask, "tcsm": TCSMTask}[plan.variant]
-    return finetune(cfg, arrays, k, val_volumes=evaluation_volumes(data, split, "val"), **kw)
-
-
-def prepare_and_run(cfg: Config, data_dir: Path, root: Path, method: str, fraction: float, fold: int, strategy,
-                    echo: Callable[[str], None] = print, until: Optional[str] = None) -> Optional[dict[str, Any]]:
-    data = prepare_dataset(cfg, data_dir, root)
-    return run_method(cfg, data, root, method, fraction, fold, strategy, echo, until)
-
-
-def run_grid(cfg: Config, data_dir: Path, root: Path, methods: list[str], fractions: list[float], folds: list[int],
-             strategy, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_grid(cfg: Config, data_dir: Path, run: RunLayout, methods: list[str], fractions: list[float],
+             folds: list[int], strategy, echo: Echo = print) -> list[dict[str, Any]]:
     """Every (fold, method, fraction) cell, in that order, resumable at cell and stage level.
 
     Methods that start from the global stage share one global pre-training per fold.
     """
-    data = prepare_dataset(cfg, data_dir, root)
-    methods = [canonical_method(m) for m in methods]
+    data = prepare_dataset(cfg, data_dir, run.root)
+    cells = [Cell(fold, fraction, method) for fold in folds for method in methods for fraction in fractions]
     results = []
-    for fold in folds:
-        for method in methods:
-            for fraction in fractions:
-                done = method_dir(root, method, fraction, fold) / RESULT
-                if done.is_file():
-                    echo(f"== fold {fold}, {method}, {100 * fraction:g}%: done ({done})")
-                    results.append(read_json(done))
-                    continue
-                echo(f"== fold {fold}, {method}, {100 * fraction:g}%")
-                results.append(run_method(cfg, data, root, method, fraction, fold, strategy, echo))
+    for cell in cells:
+        done = run.result(cell)
+        if done.is_file():
+            echo(f"== {cell}: done ({done})")
+            results.append(read_json(done))
+            continue
+        echo(f"== {cell}")
+        results.append(run_method(cfg, data, run, cell, strategy, echo))
     return results

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfsemiseg.config import Config, StageConfig
+from tfsemiseg.config import Config, OptimConfig
 from tfsemiseg.data.pipelines import finetune_dataset, global_dataset, local_dataset
 from tfsemiseg.data.prepared import TrainingArrays
 from tfsemiseg.data.preprocess import SliceVolume
@@ -41,20 +41,20 @@ class UNetTask(Task):
     def __init__(
         self,
         cfg: Config,
-        stage: StageConfig,
+        optim: OptimConfig,
         num_classes: int,
         num_samples: int,
         init_from: Optional[tuple[Path, Sequence[str]]] = None,
         num_replicas: int = 1,
     ):
-        self.cfg, self.stage, self.num_classes = cfg, stage, num_classes
+        self.cfg, self.optim, self.num_classes = cfg, optim, num_classes
         self.init_from = init_from
         self.transfer: Optional[TransferReport] = None
         self.unet: Optional[UNet] = None
-        self.steps_per_epoch = max(1, num_samples // stage.batch_size)
-        self.images_per_step = stage.batch_size
-        if stage.batch_size % num_replicas:
-            raise ValueError(f"batch_size {stage.batch_size} must be divisible by the {num_replicas} replicas")
+        self.steps_per_epoch = max(1, num_samples // optim.batch_size)
+        self.images_per_step = optim.batch_size
+        if optim.batch_size % num_replicas:
+            raise ValueError(f"batch_size {optim.batch_size} must be divisible by the {num_replicas} replicas")
 
     def build(self) -> None:
         self.unet = build_unet(self.cfg.model, self.cfg.data.image_size, self.num_classes)
@@ -65,7 +65,7 @@ class UNetTask(Task):
     @property
     def init_target(self) -> keras.Model:
         """The model that initial weights are loaded into."""
-        return self.model
+        return self.output_model
 
 
 class GlobalTask(UNetTask):
@@ -76,44 +76,46 @@ class GlobalTask(UNetTask):
         self.images = arrays.unlabeled_images
 
     @property
-    def model(self) -> keras.Model:
+    def output_model(self) -> keras.Model:
         return self.unet.global_model
 
     def loss(self, batch, seed):
         view_a, view_b = batch
-        z = self.model(tf.concat([view_a, view_b], 0), training=True)
+        z = self.unet.global_model(tf.concat([view_a, view_b], 0), training=True)
         z_a, z_b = tf.split(z, 2, axis=0)
-        loss = global_contrastive_loss(z_a, z_b, self.stage.temperature)
+        loss = global_contrastive_loss(z_a, z_b, self.cfg.train.global_loss.temperature)
         return loss, tf.shape(view_a)[0]
 
     def dataset(self, seed: int) -> tf.data.Dataset:
-        return global_dataset(self.images, self.stage.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic)
+        return global_dataset(self.images, self.optim.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic)
 
 
 class LocalTask(UNetTask):
     name = "local"
 
-    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, **kw: Any):
+    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, mode: str = "block", **kw: Any):
+        """`mode`: how the supervised local loss pools pixels, stride | block | full (the method's)."""
         super().__init__(cfg, cfg.train.local_stage, num_classes, len(arrays.labeled_images), **kw)
         self.images, self.labels = arrays.labeled_images, arrays.labeled_labels
-        self.images_per_step = 2 * self.stage.batch_size  # two views per image
+        self.images_per_step = 2 * self.optim.batch_size  # two views per image
+        self.mode = mode
 
     @property
-    def model(self) -> keras.Model:
+    def output_model(self) -> keras.Model:
         return self.unet.local_model
 
     def loss(self, batch, seed):
         view_a, view_b, label = batch
-        features = self.model(tf.concat([view_a, view_b], 0), training=True)
+        features = self.unet.local_model(tf.concat([view_a, view_b], 0), training=True)
         labels = tf.concat([label, label], 0)
-        s = self.stage
+        c = self.cfg.train.local_loss
         return supervised_local_contrastive_loss_with_count(
-            replica_gather(features), replica_gather(labels), s.temperature, s.mode, s.stride, s.block_size
+            replica_gather(features), replica_gather(labels), c.temperature, self.mode, c.stride, c.block_size
         )
 
     def dataset(self, seed: int) -> tf.data.Dataset:
         return local_dataset(
-            self.images, self.labels, self.stage.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic
+            self.images, self.labels, self.optim.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic
         )
 
 
@@ -135,25 +137,25 @@ class FinetuneTask(UNetTask):
         self._validated = False
 
     @property
-    def model(self) -> keras.Model:
+    def output_model(self) -> keras.Model:
         return self.unet.segmenter
 
     def loss(self, batch, seed):
         image, label = batch
-        logits = self.model(image, training=True)
+        logits = self.unet.segmenter(image, training=True)
         loss = segmentation_loss(replica_gather(logits), replica_gather(label), self.num_classes)
         return loss, tf.shape(image)[0]
 
     def dataset(self, seed: int) -> tf.data.Dataset:
         return finetune_dataset(
-            self.images, self.labels, self.stage.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic
+            self.images, self.labels, self.optim.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic
         )
 
     def validate(self) -> Optional[dict[str, float]]:
         if not self.val_volumes:
             return None
         if self._validator is None:
-            self._validator = PooledValidator(self.model, self.val_volumes, self.num_classes)
+            self._validator = PooledValidator(self.output_model, self.val_volumes, self.num_classes)
         result = self._validator()
         self._validated = True
         metrics = {"dice": result["mean"]}

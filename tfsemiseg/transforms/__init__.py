@@ -8,38 +8,8 @@ derive per-sample / per-view seeds with :func:`split_seed`. Both functions are p
 work inside ``tf.data.Dataset.map`` and ``tf.function``.
 """
 
-from tfsemiseg.transforms.intensity import (
-    adjust_brightness,
-    adjust_contrast,
-    adjust_gamma,
-    gaussian_blur,
-    gaussian_kernel1d,
-    random_intensity,
-    split_seed,
-)
-from tfsemiseg.transforms.spatial import (
-    affine_grid,
-    apply_affine,
-    elastic_displacement,
-    random_affine,
-    random_spatial,
-    rotation_matrix,
-    sample,
-)
+from tfsemiseg.transforms import intensity, spatial
+from tfsemiseg.transforms.intensity import *  # noqa: F401,F403 - the names of intensity.__all__
+from tfsemiseg.transforms.spatial import *  # noqa: F401,F403 - the names of spatial.__all__
 
-__all__ = [
-    "random_intensity",
-    "random_spatial",
-    "split_seed",
-    "random_affine",
-    "sample",
-    "affine_grid",
-    "apply_affine",
-    "rotation_matrix",
-    "elastic_displacement",
-    "gaussian_blur",
-    "gaussian_kernel1d",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_gamma",
-]
+__all__ = intensity.__all__ + spatial.__all__
