@@ -15,13 +15,13 @@ ellipses per map. Modes:
 * ``strideN`` / ``blockN``: the library's stride / block modes;
 * ``full``: the library's exact mode over every pixel (automatic block
   sizes; ``--chunk-size`` caps anchors and keys per block);
-* ``dense_fg``: the same single pool as ``full``, written the direct way with
-  autodiff, materialising only the anchor rows ([anchors, N] similarity and
-  mask matrices); skipped when ``4 * anchors * N * 4`` bytes >
-  ``--dense-limit-gb``;
-* ``dense``: a naive N x N implementation (full similarity and mask
-  matrices, like the PyTorch reference); skipped when ``N * N * 4`` bytes >
-  ``--dense-limit-gb``;
+* ``dense_fg``: the same single pool as ``full``, computed by the dense
+  reference of :mod:`tfsemiseg.testing` (autodiff) with only the anchor rows
+  materialised ([anchors, N] similarity and mask matrices); skipped when
+  ``4 * anchors * N * 4`` bytes > ``--dense-limit-gb``;
+* ``dense``: the same reference with every row: a naive N x N implementation
+  (full similarity and mask matrices, like the PyTorch reference); skipped
+  when ``N * N * 4`` bytes > ``--dense-limit-gb``;
 * ``global``: NT-Xent at batch ``--global-batch`` x ``--global-dim``.
 
 Where the paper's reference code can run (``../shared/reference-bench``, see
@@ -77,14 +77,68 @@ def blob_labels(maps: int, size: int, fg: float, seed: int):
     return labels
 
 
-def run_case(case: dict) -> dict:
-    """Child side: time one case, return the result record."""
+def local_loss_fn(mode: str, chunk_size: int | None):
+    """``(features, labels) -> loss`` of one local mode (strideN, blockN, full, dense_fg, dense)."""
+    from tfsemiseg.losses import supervised_local_contrastive_loss
+    from tfsemiseg.testing import dense_supervised_local_contrastive_loss
+
+    if mode == "full":
+        return lambda f, y: supervised_local_contrastive_loss(f, y, mode="full", chunk_size=chunk_size)
+    if mode in ("dense_fg", "dense"):
+        rows_only = mode == "dense_fg"
+        return lambda f, y: dense_supervised_local_contrastive_loss(f, y, 0.1, "full", anchor_rows_only=rows_only)[0]
+    if mode.startswith("stride"):
+        return lambda f, y: supervised_local_contrastive_loss(f, y, mode="stride", stride=int(mode[6:]))
+    if mode.startswith("block"):
+        return lambda f, y: supervised_local_contrastive_loss(f, y, mode="block", block_size=int(mode[5:]))
+    raise ValueError(f"unknown mode {mode}")
+
+
+def time_step(loss_fn, features, labels, warmup: int, repeats: int) -> dict:
+    """Traces loss + gradient once, runs it ``warmup`` then ``repeats`` times: the timing fields."""
     import resource
 
     import numpy as np
     import tensorflow as tf
 
-    from tfsemiseg.losses import global_contrastive_loss, supervised_local_contrastive_loss
+    @tf.function(input_signature=[tf.TensorSpec(features.shape), tf.TensorSpec(labels.shape, tf.int32)])
+    def step(f, y):
+        with tf.GradientTape() as tape:
+            tape.watch(f)
+            loss = loss_fn(f, y)
+        grad = tape.gradient(loss, f)
+        return loss, tf.reduce_sum(tf.abs(grad))
+
+    def peak_gb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+
+    base = peak_gb()
+    for _ in range(warmup):
+        loss, _ = step(features, labels)
+        float(loss)
+    times, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss, gsum = step(features, labels)
+        float(loss), float(gsum)
+        times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return dict(
+        ms=float(np.median(times)),
+        ms_min=float(np.min(times)),
+        cpu_ms=float(np.median(cpu)),
+        loss=float(loss),
+        peak_gb=peak_gb(),
+        base_gb=base,
+    )
+
+
+def run_case(case: dict) -> dict:
+    """Child side: time one case, return the result record."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tfsemiseg.losses import global_contrastive_loss
 
     mode, size, maps, channels = case["mode"], case["size"], case["maps"], case["channels"]
     rng = np.random.default_rng(0)
@@ -112,95 +166,9 @@ def run_case(case: dict) -> dict:
         if mode == "dense_fg" and 4 * anchors * n * 4 > limit:
             record["skipped"] = f"4*A*N*4 B = {4 * anchors * n * 4 / 1e9:.1f} GB > {case['dense_limit_gb']} GB"
             return record
-
-        if mode == "full":
-            def loss_fn(f, y):
-                return supervised_local_contrastive_loss(f, y, mode="full", chunk_size=case["chunk_size"])
-        elif mode == "dense_fg":
-            def loss_fn(f, y):
-                return dense_rows_loss(f, y, 0.1)
-        elif mode == "dense":
-            def loss_fn(f, y):
-                return naive_dense_loss(f, y, 0.1)
-        elif mode.startswith("stride"):
-            def loss_fn(f, y):
-                return supervised_local_contrastive_loss(f, y, mode="stride", stride=int(mode[6:]))
-        elif mode.startswith("block"):
-            def loss_fn(f, y):
-                return supervised_local_contrastive_loss(f, y, mode="block", block_size=int(mode[5:]))
-        else:
-            raise ValueError(f"unknown mode {mode}")
-
-    @tf.function(input_signature=[tf.TensorSpec(features.shape), tf.TensorSpec(labels.shape, tf.int32)])
-    def step(f, y):
-        with tf.GradientTape() as tape:
-            tape.watch(f)
-            loss = loss_fn(f, y)
-        grad = tape.gradient(loss, f)
-        return loss, tf.reduce_sum(tf.abs(grad))
-
-    def peak_gb() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
-
-    base = peak_gb()
-    for _ in range(case["warmup"]):
-        loss, _ = step(features, labels)
-        float(loss)
-    times, cpu = [], []
-    for _ in range(case["repeats"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss, gsum = step(features, labels)
-        float(loss), float(gsum)
-        times.append((time.perf_counter() - t0) * 1e3)
-        cpu.append((time.process_time() - c0) * 1e3)
-    record.update(
-        ms=float(np.median(times)),
-        ms_min=float(np.min(times)),
-        cpu_ms=float(np.median(cpu)),
-        loss=float(loss),
-        peak_gb=peak_gb(),
-        base_gb=base,
-    )
+        loss_fn = local_loss_fn(mode, case["chunk_size"])
+    record.update(time_step(loss_fn, features, labels, case["warmup"], case["repeats"]))
     return record
-
-
-def dense_rows_loss(features, labels, temperature):
-    """One pool of every pixel; anchor rows materialised, plain autodiff."""
-    import tensorflow as tf
-
-    c = features.shape[-1]
-    x = tf.math.l2_normalize(tf.reshape(features, [-1, c]), axis=-1)
-    y = tf.reshape(labels, [-1])
-    _, idx, counts = tf.unique_with_counts(y)
-    anchors = tf.cast(tf.where(tf.logical_and(y != 0, tf.gather(counts, idx) >= 2))[:, 0], tf.int32)
-    m = tf.size(anchors)
-    s = tf.matmul(tf.gather(x, anchors), x, transpose_b=True) / temperature  # [M, N]
-    self_pos = tf.stack([tf.range(m), anchors], axis=1)
-    lse = tf.reduce_logsumexp(tf.tensor_scatter_nd_update(s, self_pos, tf.fill([m], -1e9)), axis=1)
-    pos = tf.equal(tf.gather(y, anchors)[:, None], y[None, :])
-    pos = tf.tensor_scatter_nd_update(pos, self_pos, tf.zeros([m], tf.bool))
-    npos = tf.reduce_sum(tf.cast(pos, tf.float32), 1)
-    mean_pos = tf.reduce_sum(tf.where(pos, s, 0.0), 1) / npos
-    return tf.math.divide_no_nan(tf.reduce_sum(lse - mean_pos), tf.cast(m, tf.float32))
-
-
-def naive_dense_loss(features, labels, temperature):
-    """Straightforward N x N version (one pool of every pixel), for comparison."""
-    import tensorflow as tf
-
-    c = features.shape[-1]
-    x = tf.math.l2_normalize(tf.reshape(features, [-1, c]), axis=-1)
-    y = tf.reshape(labels, [-1])
-    n = tf.shape(y)[0]
-    s = tf.matmul(x, x, transpose_b=True) / temperature
-    eye = tf.eye(n, dtype=tf.bool)
-    pos = tf.logical_and(tf.equal(y[:, None], y[None, :]), tf.logical_not(eye))
-    npos = tf.reduce_sum(tf.cast(pos, tf.float32), 1)
-    anchor = tf.logical_and(y != 0, npos > 0)
-    lse = tf.reduce_logsumexp(tf.where(eye, -1e9, s), axis=1)
-    mean_pos = tf.reduce_sum(tf.where(pos, s, 0.0), 1) / tf.maximum(npos, 1.0)
-    li = tf.where(anchor, lse - mean_pos, 0.0)
-    return tf.math.divide_no_nan(tf.reduce_sum(li), tf.reduce_sum(tf.cast(anchor, tf.float32)))
 
 
 def spawn(case: dict, timeout: float) -> dict:

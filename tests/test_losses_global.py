@@ -1,4 +1,4 @@
-"""Tests of the global NT-Xent loss: numpy reference and 2-replica equality."""
+"""Tests of the global NT-Xent loss: dense reference and the 2-replica convention."""
 
 from __future__ import annotations
 
@@ -13,24 +13,14 @@ import pytest
 import tensorflow as tf
 
 from tfsemiseg.losses import global_contrastive_loss
+from tfsemiseg.testing import dense_nt_xent
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def np_nt_xent(za: np.ndarray, zb: np.ndarray, t: float) -> float:
-    """Mean over the 2B views of -log softmax of the positive, by loops."""
-    z = np.concatenate([za, zb]).astype(np.float64)
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
-    n = len(za)
-    s = z @ z.T / t
-    losses = []
-    for i in range(2 * n):
-        p = (i + n) % (2 * n)
-        others = [k for k in range(2 * n) if k != i]
-        m = s[i, others].max()
-        lse = m + np.log(np.exp(s[i, others] - m).sum())
-        losses.append(lse - s[i, p])
-    return float(np.mean(losses))
+def reference_nt_xent(za: np.ndarray, zb: np.ndarray, t: float) -> float:
+    """The dense reference in float64."""
+    return float(dense_nt_xent(np.asarray(za, np.float64), np.asarray(zb, np.float64), t))
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
@@ -41,7 +31,7 @@ def test_nt_xent_matches_numpy(b, d, t):
     zb = (za + rng.normal(size=(b, d))).astype(np.float32)
     loss = global_contrastive_loss(za, zb, temperature=t)
     assert loss.dtype == tf.float32 and loss.shape == ()
-    np.testing.assert_allclose(float(loss), np_nt_xent(za, zb, t), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(loss), reference_nt_xent(za, zb, t), rtol=1e-5, atol=1e-5)
 
 
 def test_nt_xent_gradient_matches_finite_differences():
@@ -60,7 +50,7 @@ def test_nt_xent_gradient_matches_finite_differences():
         hi, lo = zz.copy(), zz.copy()
         hi[idx] += eps
         lo[idx] -= eps
-        fd[idx] = (np_nt_xent(hi[:3], hi[3:], 0.5) - np_nt_xent(lo[:3], lo[3:], 0.5)) / (2 * eps)
+        fd[idx] = (reference_nt_xent(hi[:3], hi[3:], 0.5) - reference_nt_xent(lo[:3], lo[3:], 0.5)) / (2 * eps)
     np.testing.assert_allclose(grad, fd, rtol=1e-3, atol=1e-5)
 
 
@@ -74,16 +64,16 @@ def test_nt_xent_low_precision_input_in_float32():
         assert loss.dtype == tf.float32
         ra = tf.cast(a, tf.float64).numpy()
         rb = tf.cast(b, tf.float64).numpy()
-        np.testing.assert_allclose(float(loss), np_nt_xent(ra, rb, 0.1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(float(loss), reference_nt_xent(ra, rb, 0.1), rtol=1e-5, atol=1e-5)
 
 
 def test_nt_xent_in_tf_function_and_cross_replica_context():
     rng = np.random.default_rng(2)
     za = rng.normal(size=(6, 5)).astype(np.float32)
     zb = rng.normal(size=(6, 5)).astype(np.float32)
-    ref = np_nt_xent(za, zb, 0.5)
+    ref = reference_nt_xent(za, zb, 0.5)
     np.testing.assert_allclose(float(tf.function(global_contrastive_loss)(za, zb)), ref, rtol=1e-5)
-    # Inside a strategy scope but outside strategy.run: no replica context -> plain loss.
+    # Inside a strategy scope but outside strategy.run: no replica context, same loss.
     with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
         np.testing.assert_allclose(float(global_contrastive_loss(za, zb)), ref, rtol=1e-5)
 
@@ -95,10 +85,12 @@ _DISTRIBUTED_CHECK = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
 
-    cpus = tf.config.list_physical_devices("CPU")
-    tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    from tfsemiseg.training.strategy import configure_logical_cpus, replica_gather
+
+    configure_logical_cpus(2)
 
     from tfsemiseg.losses import global_contrastive_loss
+    from tfsemiseg.testing import dense_nt_xent
 
     rng = np.random.default_rng(0)
     G, DIN, D, T = 8, 6, 5, 0.2
@@ -136,23 +128,32 @@ _DISTRIBUTED_CHECK = textwrap.dedent(
                 with tf.GradientTape(persistent=True) as tape:
                     za, zb = xa @ wm, xb @ wm
                     tape.watch([za, zb])
-                    scaled = global_contrastive_loss(za, zb, T) / R  # engine convention
+                    # The convention: the task gathers, the loss sees the global batch,
+                    # the engine divides by the number of replicas and sums gradients.
+                    scaled = global_contrastive_loss(replica_gather(za), replica_gather(zb), T) / R
+                    own = global_contrastive_loss(za, zb, T)  # no gather: this replica's batch alone
                 gz = tape.gradient(scaled, [za, zb])
-                return scaled, tape.gradient(scaled, wm), gz[0], gz[1]
-            scaled, gw, gza, gzb = strategy.run(replica_fn, args=(xa, xb))
+                return scaled, own, tape.gradient(scaled, wm), gz[0], gz[1]
+            scaled, own, gw, gza, gzb = strategy.run(replica_fn, args=(xa, xb))
             return (
                 strategy.reduce("SUM", scaled, axis=None),
+                strategy.experimental_local_results(own),
                 strategy.reduce("SUM", gw, axis=None),
                 strategy.experimental_local_results(gza),
                 strategy.experimental_local_results(gzb),
             )
 
-        loss, gw, gza, gzb = step(part(xa), part(xb))
+        loss, own, gw, gza, gzb = step(part(xa), part(xb))
         np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(gw.numpy(), ref_gw, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(np.concatenate([g.numpy() for g in gza]), ref_gza, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(np.concatenate([g.numpy() for g in gzb]), ref_gzb, rtol=1e-4, atol=1e-6)
         assert np.abs(ref_gw).max() > 1e-3
+        # Inside a replica context the loss is still a pure function of its inputs.
+        ya, yb = (xa @ w0).astype(np.float64), (xb @ w0).astype(np.float64)
+        for r, value in enumerate(own):
+            part_ref = dense_nt_xent(ya[bounds[r]:bounds[r + 1]], yb[bounds[r]:bounds[r + 1]], T)
+            np.testing.assert_allclose(float(value), float(part_ref), rtol=1e-5, atol=1e-6)
 
     check([4, 4])
     check([3, 5])  # uneven split (e.g. last batch without drop_remainder)
@@ -161,7 +162,7 @@ _DISTRIBUTED_CHECK = textwrap.dedent(
 )
 
 
-def test_two_replicas_equal_single_device():
+def test_two_replicas_with_gathered_inputs_equal_single_device():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,8 +1,9 @@
 """Tests of the local contrastive losses against independent references.
 
-References: plain numpy (float64, loops over anchors) for values and a
-straightforward dense TensorFlow float64 implementation (full N x N masks,
-autodiff) for gradients. Nothing of the library's internals is used.
+The references (:mod:`tfsemiseg.testing`) are dense TensorFlow
+implementations written straight from the definitions (full masks, autodiff),
+run in float64 for values and gradients. Nothing of the library's loss code is
+used by them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tfsemiseg.losses import (
     supervised_local_contrastive_loss,
     supervised_local_contrastive_loss_with_count,
 )
+from tfsemiseg.testing import dense_nt_xent, dense_supervised_local_contrastive_loss
 
 T = 0.1
 
@@ -27,98 +29,21 @@ T = 0.1
 # --------------------------------------------------------------------------
 
 
-def np_normalize(f: np.ndarray) -> np.ndarray:
-    f = np.asarray(f, np.float64)
-    return f / np.sqrt(np.maximum((f * f).sum(-1, keepdims=True), 1e-12))
+def reference(features, labels, mode, stride=4, block=16, t=T) -> tuple[float, int]:
+    """(loss, number of anchors) of the dense float64 reference."""
+    loss, count = dense_supervised_local_contrastive_loss(
+        np.asarray(features, np.float64), labels, t, mode, stride, block
+    )
+    return float(loss), int(count)
 
 
-def np_logsumexp(v: np.ndarray) -> float:
-    m = v.max()
-    return float(m + np.log(np.exp(v - m).sum()))
-
-
-def np_pool(x: np.ndarray, y: np.ndarray, t: float) -> tuple[float, int]:
-    """(sum of l_i over anchors, number of anchors) of one pool, by loops."""
-    s = x @ x.T / t
-    total, count = 0.0, 0
-    for i in range(len(y)):
-        if y[i] == 0:
-            continue
-        pos = y == y[i]
-        pos[i] = False
-        if not pos.any():
-            continue
-        others = np.ones(len(y), bool)
-        others[i] = False
-        lse = np_logsumexp(s[i, others])
-        total += -np.mean(s[i, pos] - lse)
-        count += 1
-    return total, count
-
-
-def np_pools(features, labels, mode, stride=4, block=16):
-    """List of (x [n, C], y [n]) pools, built by plain slicing."""
-    f = np_normalize(features)
-    y = np.asarray(labels)
-    c = f.shape[-1]
-    if mode == "full":
-        return [(f.reshape(-1, c), y.reshape(-1))]
-    if mode == "stride":
-        return [(f[:, ::stride, ::stride].reshape(-1, c), y[:, ::stride, ::stride].reshape(-1))]
-    pools = []
-    for r in range(0, f.shape[1], block):  # bottom/right remainder -> smaller tiles
-        for q in range(0, f.shape[2], block):
-            pools.append(
-                (f[:, r : r + block, q : q + block].reshape(-1, c), y[:, r : r + block, q : q + block].reshape(-1))
-            )
-    return pools
-
-
-def np_supervised(features, labels, mode, stride=4, block=16, t=T) -> tuple[float, int]:
-    losses, anchors = [], 0
-    for x, y in np_pools(features, labels, mode, stride, block):
-        total, count = np_pool(x, y, t)
-        anchors += count
-        if count:
-            losses.append(total / count)
-    return (float(np.mean(losses)) if losses else 0.0), anchors
-
-
-def tf_dense_pool(x: tf.Tensor, y: tf.Tensor, t: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Dense N x N float64 implementation of one pool: (loss, n_anchors)."""
-    n = tf.shape(y)[0]
-    s = tf.matmul(x, x, transpose_b=True) / t
-    eye = tf.eye(n, dtype=tf.bool)
-    pos = tf.logical_and(tf.equal(y[:, None], y[None, :]), tf.logical_not(eye))
-    npos = tf.reduce_sum(tf.cast(pos, x.dtype), 1)
-    anchor = tf.logical_and(y != 0, npos > 0)
-    lse = tf.reduce_logsumexp(tf.where(eye, tf.constant(-1e30, x.dtype), s), axis=1)
-    mean_pos = tf.reduce_sum(tf.where(pos, s, 0.0), 1) / tf.maximum(npos, 1.0)
-    li = tf.where(anchor, lse - mean_pos, 0.0)
-    na = tf.reduce_sum(tf.cast(anchor, x.dtype))
-    return tf.math.divide_no_nan(tf.reduce_sum(li), na), na
-
-
-def tf_dense_loss(features64: tf.Tensor, labels: np.ndarray, mode, stride=4, block=16, t=T):
-    f = tf.math.l2_normalize(features64, axis=-1)
-    y = tf.constant(labels, tf.int32)
-    c = f.shape[-1]
-    if mode == "full":
-        pools = [(f, y)]
-    elif mode == "stride":
-        pools = [(f[:, ::stride, ::stride], y[:, ::stride, ::stride])]
-    else:
-        pools = [
-            (f[:, r : r + block, q : q + block], y[:, r : r + block, q : q + block])
-            for r in range(0, f.shape[1], block)
-            for q in range(0, f.shape[2], block)
-        ]
-    losses, used = [], []
-    for xp, yp in pools:
-        loss, na = tf_dense_pool(tf.reshape(xp, [-1, c]), tf.reshape(yp, [-1]), t)
-        losses.append(loss)
-        used.append(tf.cast(na > 0, tf.float64))
-    return tf.math.divide_no_nan(tf.add_n(losses), tf.add_n(used))
+def reference_gradient(features, labels, mode, stride=4, block=16, t=T) -> np.ndarray:
+    """d loss / d features of the dense float64 reference."""
+    f64 = tf.constant(np.asarray(features, np.float64))
+    with tf.GradientTape() as tape:
+        tape.watch(f64)
+        loss, _ = dense_supervised_local_contrastive_loss(f64, labels, t, mode, stride, block)
+    return tape.gradient(loss, f64).numpy()
 
 
 # --------------------------------------------------------------------------
@@ -162,30 +87,29 @@ def _ref_kw(kw):
 
 
 @pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))
-def test_supervised_matches_numpy(kw):
+def test_supervised_matches_dense_reference(kw):
     features, labels = make_inputs(seed=1, h=16, w=16, fg=0.25)
-    loss, count = supervised_local_contrastive_loss_with_count(features, labels, **kw)
-    ref, ref_count = np_supervised(features, labels, **_ref_kw(kw))
+    loss, count, grad = lib_loss_and_grad(features, labels, **kw)
+    ref, ref_count = reference(features, labels, **_ref_kw(kw))
     assert loss.dtype == tf.float32 and count.dtype == tf.int32
     assert ref_count > 0
     assert int(count) == ref_count
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
     plain = supervised_local_contrastive_loss(features, labels, **kw)
     assert float(plain) == float(loss)
-
-
-@pytest.mark.parametrize("kw", MODES, ids=lambda k: "-".join(str(v) for v in k.values()))
-def test_supervised_gradient_matches_dense(kw):
-    features, labels = make_inputs(seed=2, h=16, w=16, fg=0.25)
-    loss, _, grad = lib_loss_and_grad(features, labels, **kw)
-    f64 = tf.constant(features.astype(np.float64))
-    with tf.GradientTape() as tape:
-        tape.watch(f64)
-        ref = tf_dense_loss(f64, labels, **_ref_kw(kw))
-    ref_grad = tape.gradient(ref, f64).numpy()
-    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5, atol=1e-5)
+    ref_grad = reference_gradient(features, labels, **_ref_kw(kw))
     assert np.abs(ref_grad).max() > 1e-4  # the check is not vacuous
     np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_anchor_rows_equal_full_matrix():
+    # The benchmark's "dense_fg" (anchor rows only) and "dense" (N x N) references agree.
+    features, labels = make_inputs(seed=2, h=16, w=16, fg=0.25)
+    f64 = features.astype(np.float64)
+    full = dense_supervised_local_contrastive_loss(f64, labels, T, "full")
+    rows = dense_supervised_local_contrastive_loss(f64, labels, T, "full", anchor_rows_only=True)
+    assert int(full[1]) == int(rows[1]) > 0
+    np.testing.assert_allclose(float(full[0]), float(rows[0]), rtol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["full", "block"])
@@ -198,7 +122,7 @@ def test_chunkings_agree_several_classes(mode):
     assert int(n_auto) == int(n_small) > 0
     np.testing.assert_allclose(float(auto), float(small), rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(g_auto.numpy(), g_small.numpy(), rtol=1e-4, atol=1e-6)
-    ref, _ = np_supervised(features, labels, mode, block=8)
+    ref, _ = reference(features, labels, mode, block=8)
     np.testing.assert_allclose(float(small), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -217,19 +141,15 @@ def test_full_in_tf_function_multiple_ragged_chunks():
     loss, count, grad = step(f, tf.constant(labels))
     n = int(count)
     assert n > 3 * chunk and n % chunk != 0, n
-    ref, ref_count = np_supervised(features, labels, "full")
+    ref, ref_count = reference(features, labels, "full")
     assert n == ref_count
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
-    f64 = tf.constant(features.astype(np.float64))
-    with tf.GradientTape() as tape:
-        tape.watch(f64)
-        dense = tf_dense_loss(f64, labels, "full")
-    np.testing.assert_allclose(grad.numpy(), tape.gradient(dense, f64).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), reference_gradient(features, labels, "full"), rtol=1e-4, atol=1e-5)
     # Same traced function, different number of anchors (dynamic), incl. zero.
     labels2 = labels.copy()
     labels2[:2] = 0
     loss2, count2, _ = step(f, tf.constant(labels2))
-    ref2, ref_count2 = np_supervised(features, labels2, "full")
+    ref2, ref_count2 = reference(features, labels2, "full")
     assert int(count2) == ref_count2 < n
     np.testing.assert_allclose(float(loss2), ref2, rtol=1e-5, atol=1e-5)
     loss0, count0, grad0 = step(f, tf.zeros_like(labels))
@@ -243,13 +163,10 @@ def test_full_other_temperatures(temperature):
     # t = 0.02 takes the row-maximum path (1/t > 40), t = 0.5 the unshifted one.
     features, labels = make_inputs(seed=14, b=2, h=10, w=10, fg=0.4)
     loss, _, grad = lib_loss_and_grad(features, labels, mode="full", temperature=temperature, chunk_size=30)
-    ref, _ = np_supervised(features, labels, "full", t=temperature)
+    ref, _ = reference(features, labels, "full", t=temperature)
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
-    f64 = tf.constant(features.astype(np.float64))
-    with tf.GradientTape() as tape:
-        tape.watch(f64)
-        dense = tf_dense_loss(f64, labels, "full", t=temperature)
-    np.testing.assert_allclose(grad.numpy(), tape.gradient(dense, f64).numpy(), rtol=1e-4, atol=1e-5)
+    ref_grad = reference_gradient(features, labels, "full", t=temperature)
+    np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("logit_bound", [None, 2.0])
@@ -301,7 +218,7 @@ def test_one_class_only(kw):
     features, _ = make_inputs(seed=7, h=16, w=16)
     labels = np.ones(features.shape[:3], np.int32)  # every point foreground, one class
     loss, count, grad = lib_loss_and_grad(features, labels, **kw)
-    ref, ref_count = np_supervised(features, labels, **_ref_kw(kw))
+    ref, ref_count = reference(features, labels, **_ref_kw(kw))
     assert int(count) == ref_count > 0
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
     assert np.all(np.isfinite(grad.numpy()))
@@ -311,7 +228,7 @@ def test_block_remainder_forms_edge_tiles():
     # 20x20 with block 8: tiles of 8, 8 and 4 rows/cols (9 pools).
     features, labels = make_inputs(seed=8, b=3, h=20, w=20, fg=0.3)
     loss, count = supervised_local_contrastive_loss_with_count(features, labels, mode="block", block_size=8)
-    ref, ref_count = np_supervised(features, labels, "block", block=8)
+    ref, ref_count = reference(features, labels, "block", block=8)
     assert int(count) == ref_count
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
 
@@ -322,17 +239,16 @@ def test_block_remainder_forms_edge_tiles():
     loss_c, count_c = supervised_local_contrastive_loss_with_count(
         features, corner, mode="block", block_size=8
     )
-    x = np_normalize(features)[:, 16:, 16:].reshape(-1, features.shape[-1])
-    total, n = np_pool(x, corner[:, 16:, 16:].reshape(-1), T)
+    ref_c, n = reference(features[:, 16:, 16:], corner[:, 16:, 16:], "full")  # the corner tile alone
     assert n > 0 and int(count_c) == n
-    np.testing.assert_allclose(float(loss_c), total / n, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(loss_c), ref_c, rtol=1e-5, atol=1e-5)
 
 
 def test_odd_sizes_block_and_stride():
     features, labels = make_inputs(seed=9, b=2, h=13, w=17, fg=0.4)
     for kw in (dict(mode="block", block_size=8), dict(mode="block", block_size=5), dict(mode="stride", stride=4)):
         loss, count = supervised_local_contrastive_loss_with_count(features, labels, **kw)
-        ref, ref_count = np_supervised(features, labels, **_ref_kw(kw))
+        ref, ref_count = reference(features, labels, **_ref_kw(kw))
         assert int(count) == ref_count > 0, kw
         np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5, err_msg=str(kw))
 
@@ -344,7 +260,7 @@ def test_block_dynamic_shapes_in_tf_function():
     def fn(f, y):
         return supervised_local_contrastive_loss(f, y, mode="block", block_size=8)
 
-    ref, _ = np_supervised(features, labels, "block", block=8)
+    ref, _ = reference(features, labels, "block", block=8)
     np.testing.assert_allclose(float(fn(features, labels)), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -357,7 +273,7 @@ def test_low_precision_input_is_computed_in_float32(dtype, mode):
     loss = supervised_local_contrastive_loss(low, labels, **kw)
     assert loss.dtype == tf.float32
     rounded = tf.cast(low, tf.float64).numpy()
-    ref, _ = np_supervised(rounded, labels, mode, stride=2, block=8)
+    ref, _ = reference(rounded, labels, mode, stride=2, block=8)
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -372,16 +288,8 @@ def test_bad_mode_raises():
 # --------------------------------------------------------------------------
 
 
-def np_nt_xent(za: np.ndarray, zb: np.ndarray, t: float) -> float:
-    z = np.concatenate([np_normalize(za), np_normalize(zb)])
-    n = len(za)
-    s = z @ z.T / t
-    losses = []
-    for i in range(2 * n):
-        p = (i + n) % (2 * n)
-        others = np.arange(2 * n) != i
-        losses.append(np_logsumexp(s[i, others]) - s[i, p])
-    return float(np.mean(losses))
+def reference_nt_xent(za: np.ndarray, zb: np.ndarray, t: float) -> float:
+    return float(dense_nt_xent(np.asarray(za, np.float64), np.asarray(zb, np.float64), t))
 
 
 def test_points_documented_coordinates():
@@ -410,7 +318,7 @@ def test_self_supervised_matches_numpy(positions):
     rows, cols = np.array(points).T
     za = f_a[:, rows, cols].reshape(-1, 6)  # [B*P, C], same order for both views
     zb = f_b[:, rows, cols].reshape(-1, 6)
-    ref = np_nt_xent(za, zb, 0.1)
+    ref = reference_nt_xent(za, zb, 0.1)
     loss = self_supervised_local_contrastive_loss(f_a, f_b, temperature=0.1, positions=positions)
     assert loss.dtype == tf.float32
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-5)
@@ -418,7 +326,7 @@ def test_self_supervised_matches_numpy(positions):
     loss16 = self_supervised_local_contrastive_loss(tf.cast(f_a, tf.float16), tf.cast(f_b, tf.float16), positions=positions)
     za16 = f_a.astype(np.float16)[:, rows, cols].reshape(-1, 6)
     zb16 = f_b.astype(np.float16)[:, rows, cols].reshape(-1, 6)
-    np.testing.assert_allclose(float(loss16), np_nt_xent(za16, zb16, 0.1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(loss16), reference_nt_xent(za16, zb16, 0.1), rtol=1e-5, atol=1e-5)
 
 
 def test_self_supervised_gradient_and_bad_positions():

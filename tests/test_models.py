@@ -418,3 +418,23 @@ def test_synchronized_batchnorm_under_mirrored_strategy() -> None:
                             cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SYNC_BN_OK" in result.stdout
+
+
+def test_softmax_ensemble_outputs_the_log_of_the_mean_softmax() -> None:
+    import tensorflow as tf
+
+    from tfsemiseg.models.ensemble import SoftmaxEnsemble
+
+    units = [build_unet(SMALL, 16, 3).segmenter for _ in range(3)]
+    x = tf.random.stateless_uniform([2, 16, 16, 1], seed=[1, 2])
+    ensemble = SoftmaxEnsemble(units)
+    out = ensemble(x).numpy()
+    logits = [u(x).numpy() for u in units]
+    probs = [np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+             for z in logits]
+    mean = np.mean(probs, 0)
+    np.testing.assert_allclose(np.exp(out), mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(tf.nn.softmax(out).numpy(), mean, atol=1e-6)  # softmax gives the mean back
+    assert len(ensemble.trainable_variables) == 3 * len(units[0].trainable_variables)
+    with pytest.raises(ValueError, match="at least one member"):
+        SoftmaxEnsemble([])

@@ -227,3 +227,63 @@ def test_export_with_mirroring_serves_the_mirrored_prediction(trained_run, tmp_p
     plain, _ = library_prediction(unet.segmenter, slices, cfg.data.image_size, mirror=False)
     np.testing.assert_allclose(served["probabilities"].numpy(), mirrored, atol=1e-5)
     assert np.abs(mirrored - plain).max() > 1e-3
+
+
+def _perturbed_copy(run_dir: Path, dest: Path, scale: float, seed: int) -> Path:
+    """A copy of a finished run whose fine-tuned weights differ (a second ensemble member)."""
+    shutil.copytree(run_dir, dest)
+    path = dest / "finetune" / "weights.npz"
+    rng = np.random.default_rng(seed)
+    with np.load(path) as z:
+        weights = {k: (v + scale * rng.standard_normal(v.shape).astype(v.dtype) if "kernel" in k else v)
+                   for k, v in z.items()}
+    np.savez(path, **weights)
+    return dest
+
+
+def test_ensemble_export_serves_the_mean_softmax_and_is_evaluated(trained_run, tmp_path):
+    from tfsemiseg.models.transfer import load_segmenter
+
+    runs = [trained_run["run_dir"], _perturbed_copy(trained_run["run_dir"], trained_run["tmp"] / "run" / "fold0"
+                                                    / "frac1" / "random-b", 0.05, seed=7)]
+    dest = tmp_path / "ensemble"
+    res = CliRunner().invoke(__import__("tfsemiseg.cli", fromlist=["cli"]).cli, [
+        "export", *map(str, runs), "--to", str(dest), "--data", str(trained_run["tmp"] / "data")])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((dest / "metadata.json").read_text())
+    assert meta["method"] == "ensemble" and [m["run"] for m in meta["members"]] == [str(r) for r in runs]
+    assert meta["fold"] == 0 and meta["val_metrics"]["num_volumes"] == 2 and meta["test_metrics"]["num_volumes"] == 2
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "an ensemble of 2 runs" in card and "### Validation part" in card and "### Test part" in card
+
+    volume = np.asarray(nib.load(str(REAL_DATA / "imagesTr" / "hippocampus_001.nii.gz")).dataobj, np.float32)
+    slices = np.moveaxis(volume, 2, 0)
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(dest)).signatures["serving_default"](slices=tf.constant(slices))
+    cfg = trained_run["cfg"]
+    members = [library_prediction(load_segmenter(cfg, r / "finetune" / "weights.npz", 3).segmenter, slices,
+                                  cfg.data.image_size)[0] for r in runs]
+    assert np.abs(members[0] - members[1]).max() > 1e-2  # the two members really differ
+    np.testing.assert_allclose(served["probabilities"].numpy(), (members[0] + members[1]) / 2, atol=1e-5)
+    # the test part's metrics are the ensemble's own, not a member's
+    assert meta["test_metrics"]["pooled_dice"] != meta["members"][1]["test_metrics"]["pooled_dice"]
+
+
+def test_ensemble_export_refuses_runs_it_cannot_serve_as_one(trained_run, tmp_path):
+    from tfsemiseg.errors import TfSemisegError
+    from tfsemiseg.serving.export import export_run
+
+    other = tmp_path / "run" / "fold1" / "frac1" / "random"
+    shutil.copytree(trained_run["run_dir"], other)
+    result = json.loads((other / "result.json").read_text())
+    result["fold"] = 1
+    result["config"]["data"]["image_size"] = 64
+    (other / "result.json").write_text(json.dumps(result))
+    with pytest.raises(TfSemisegError, match=r"image_size 64 differs from .*; the runs of one exported model"):
+        export_run([trained_run["run_dir"], other], tmp_path / "m")
+    result["config"]["data"]["image_size"] = 32
+    (other / "result.json").write_text(json.dumps(result))
+    with pytest.raises(TfSemisegError, match=r"folds \[0, 1\]: no test part is held out from all of them"):
+        export_run([trained_run["run_dir"], other], tmp_path / "m", data_dir=trained_run["tmp"] / "data")
+    assert not (tmp_path / "m").exists()

@@ -318,22 +318,29 @@ def figures(config_path, overrides, data_dir, fraction, fold, out, methods, dest
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="Destination folder, e.g. saved_models/NAME.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder: evaluate the exported model on the validation and test parts of the runs' "
+                   "shared fold, into metadata.json and MODEL_CARD.md.")
+@click.option("--parts", type=click.Choice(["val,test", "val", "test"]), default="val,test", show_default=True,
+              help="With --data: which parts to evaluate (choose on val; evaluate test once).")
 @click.option("--force", is_flag=True, help="Replace DEST if it exists.")
 @friendly_errors
-def export(run_dir: Path, dest: Path, force: bool) -> None:
-    """Export a finished run (its method folder) as a SavedModel that segments whole volumes.
+def export(run_dirs: tuple[Path, ...], dest: Path, data_dir: Optional[Path], parts: str, force: bool) -> None:
+    """Export a finished run (its method folder), or several as one ensemble averaging their
+    softmax, as a SavedModel that segments whole volumes.
 
     Signature serving_default: slices float32 [N, H, W] -> probabilities [N, H, W, K],
-    labels int32 [N, H, W]; metadata.json beside it. Written to a temporary folder first.
+    labels int32 [N, H, W]; metadata.json and MODEL_CARD.md beside it. Written to a
+    temporary folder first.
     """
     from tfsemiseg.serving.export import export_run
 
     if dest.exists() and not force:
         raise TfSemisegError(f"{dest}: already exists (use --force to replace it)")
-    export_run(run_dir, dest, overwrite=force)
-    click.echo(f"exported {run_dir} to {dest}")
+    export_run(list(run_dirs), dest, overwrite=force, data_dir=data_dir, parts=parts.split(","))
+    click.echo(f"exported {', '.join(map(str, run_dirs))} to {dest}")
 
 
 @cli.command()

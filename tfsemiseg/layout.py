@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from tfsemiseg.training.plans import canonical_method
 
@@ -97,39 +97,20 @@ def result_name(part: str = "test") -> str:
     return RESULT if part == "test" else RESULT.replace(".json", f"_{part}.json")
 
 
-@dataclass(frozen=True)
-class StageFiles:
+class StageFiles(NamedTuple):
     """The files of one stage folder."""
 
-    folder: Path
-
-    @property
-    def done(self) -> Path:
-        return self.folder / STAGE_DONE
-
-    @property
-    def weights(self) -> Path:
-        return self.folder / WEIGHTS
-
-    @property
-    def log(self) -> Path:
-        return self.folder / TRAIN_LOG
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.folder / CHECKPOINTS
-
-    @property
-    def best(self) -> Path:
-        return self.folder / BEST
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.folder / TENSORBOARD
+    done: Path  # stage.json, written last
+    weights: Path
+    log: Path
+    checkpoints: Path
+    best: Path
+    tensorboard: Path
 
 
 def stage_files(folder: Path) -> StageFiles:
-    return StageFiles(Path(folder))
+    f = Path(folder)
+    return StageFiles(f / STAGE_DONE, f / WEIGHTS, f / TRAIN_LOG, f / CHECKPOINTS, f / BEST, f / TENSORBOARD)
 
 
 def finished_cell_files(cell_dir: Path) -> tuple[Path, Path]:
@@ -138,24 +119,19 @@ def finished_cell_files(cell_dir: Path) -> tuple[Path, Path]:
     return cell_dir / RESULT, stage_files(cell_dir / "finetune").weights
 
 
-@dataclass(frozen=True)
-class ModelFiles:
+def run_root_of(cell_dir: Path) -> Path:
+    """The run folder a method folder ROOT/fold{k}/frac{f}/{method} belongs to."""
+    return Path(cell_dir).resolve().parents[2]
+
+
+class ModelFiles(NamedTuple):
     """The files of an exported model folder."""
 
-    folder: Path
-
-    @property
-    def saved_model(self) -> Path:
-        return self.folder / SAVED_MODEL
-
-    @property
-    def metadata(self) -> Path:
-        return self.folder / METADATA
-
-    @property
-    def model_card(self) -> Path:
-        return self.folder / MODEL_CARD
+    saved_model: Path
+    metadata: Path
+    model_card: Path
 
 
 def model_files(folder: Path) -> ModelFiles:
-    return ModelFiles(Path(folder))
+    f = Path(folder)
+    return ModelFiles(f / SAVED_MODEL, f / METADATA, f / MODEL_CARD)

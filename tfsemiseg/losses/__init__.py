@@ -1,6 +1,8 @@
 """Losses: global NT-Xent, supervised / self-supervised local contrast, CE + Dice.
 
-Every loss casts its inputs to float32 at entry and returns a scalar float32.
+Every loss casts its inputs to float32 at entry and returns a scalar float32. Every
+loss is a pure function of the batch it is given: under a distribution strategy the
+task gathers the global batch first (`tfsemiseg.training.strategy.replica_gather`).
 """
 
 from tfsemiseg.losses.global_contrastive import global_contrastive_loss, nt_xent_from_pairs

@@ -27,11 +27,16 @@ The positive term is computed from per-class feature sums
 log-sum-exp needs rows of the similarity matrix, and rows are only computed for
 anchors.
 
-Under a distribution strategy these losses are purely local (no cross-replica
-gather): each replica returns the loss of its own maps.
+Like every loss of :mod:`tfsemiseg.losses`, these are pure functions of the
+batch they are given: nothing is gathered across replicas here. Under a
+distribution strategy the task gathers the global batch first (see
+:func:`tfsemiseg.training.strategy.replica_gather`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -119,18 +124,275 @@ def _normalize(features: tf.Tensor) -> tf.Tensor:
 
 # --------------------------------------------------------------------------
 # Pooled, chunked log-sum-exp with a custom gradient (all modes)
+#
+# Notation of the helpers below: a block of r queries (rows) against n keys
+# (columns) of one pool, C channels. ``q`` [r, C] holds x_{j_i} / t, ``q_w``
+# [r, C] holds w_i x_{j_i} / t, and ``self_col`` [r] int32 is the column of
+# each query's own key in the block's keys (excluded from its sum).
 # --------------------------------------------------------------------------
 
 
+class _Queries(NamedTuple):
+    """The M queries of :func:`pooled_weighted_lse_sum`, sorted by pool.
+
+    Attributes:
+      scaled: [M, C] float32 ``x_{j_i} / t``.
+      weighted: [M, C] float32 ``w_i x_{j_i} / t``.
+      index: [M] int32 ``j_i``, the query's row in the keys.
+      weights: [M] float32 ``w_i``.
+      inv_t: ``1 / t``.
+    """
+
+    scaled: tf.Tensor
+    weighted: tf.Tensor
+    index: tf.Tensor
+    weights: tf.Tensor
+    inv_t: float
+
+
+class _Blocks(NamedTuple):
+    """How :func:`pooled_weighted_lse_sum` cuts a pool into blocks.
+
+    Attributes:
+      max_rows: at most this many queries per chunk (``MAX_CHUNK_ROWS`` or
+        ``chunk_size``).
+      fixed: ``chunk_size`` was given: keys are streamed ``max_rows`` at a
+        time whenever a pool has more keys than that.
+      no_shift: exponentials are taken without subtracting the row maximum.
+    """
+
+    max_rows: int
+    fixed: bool
+    no_shift: bool
+
+
+def _self_entries(self_col: tf.Tensor, start: tf.Tensor | int, width: tf.Tensor) -> tf.Tensor:
+    """[s, 2] int32 (row, column) of the excluded entries inside keys [start, start + width).
+
+    ``self_col``: [r] int32 column of each row's own key among all the pool's keys.
+    """
+    hit = tf.cast(tf.where(tf.logical_and(self_col >= start, self_col < start + width))[:, 0], tf.int32)
+    return tf.stack([hit, tf.gather(self_col, hit) - start], axis=1)
+
+
+def _exp_block(q: tf.Tensor, k: tf.Tensor, self_pos: tf.Tensor, shift: tf.Tensor | None) -> tf.Tensor:
+    """[r, n] ``exp(q k^T - shift)`` with the ``self_pos`` [s, 2] entries set to 0.
+
+    ``q``: [r, C]; ``k``: [n, C]; ``shift``: [r] or None (no shift).
+    """
+    logits = tf.matmul(q, k, transpose_b=True)
+    if shift is not None:
+        logits = logits - shift[:, None]
+    e = tf.exp(logits)
+    return tf.tensor_scatter_nd_update(e, self_pos, tf.zeros(tf.shape(self_pos)[:1], tf.float32))
+
+
+def _row_max(q: tf.Tensor, k: tf.Tensor, self_pos: tf.Tensor) -> tf.Tensor:
+    """[r] maximum over k != self of ``q k^T`` (``q`` [r, C], ``k`` [n, C])."""
+    logits = tf.matmul(q, k, transpose_b=True)
+    logits = tf.tensor_scatter_nd_update(logits, self_pos, tf.fill(tf.shape(self_pos)[:1], _NEG))
+    return tf.reduce_max(logits, axis=1)
+
+
+def _key_chunk(keys: tf.Tensor, self_col: tf.Tensor, c: tf.Tensor, width: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Chunk ``c`` of ``width`` keys: ([<= width, C] keys, [s, 2] self entries in it)."""
+    c0 = c * width
+    return keys[c0 : tf.minimum(c0 + width, tf.shape(keys)[0])], _self_entries(self_col, c0, width)
+
+
+def _block_array(size: tf.Tensor | int, like: tf.Tensor) -> tf.TensorArray:
+    """A TensorArray of ``size`` float32 blocks [?, C] (C from ``like`` [n, C]), to concat."""
+    elem = tf.TensorShape([None]).concatenate(like.shape[1:])
+    return tf.TensorArray(tf.float32, size=size, element_shape=elem, infer_shape=False)
+
+
+def _fused_rows(q, q_w, keys, self_col, no_shift: bool) -> tuple:
+    """One block: r queries against all n keys of their pool.
+
+    Args:
+      q: [r, C] ``x_{j_i} / t``. q_w: [r, C] ``w_i x_{j_i} / t``.
+      keys: [n, C] the pool's keys. self_col: [r] int32 columns of the queries' own keys.
+      no_shift: skip the row maximum.
+
+    Returns:
+      ``(row_sum [r], shift [r] or None, dq [r, C], dk [n, C])`` with
+      ``row_sum_i = sum_{k != self} exp(q_i . x_k - shift_i)``, ``p_ik`` the
+      masked softmax of row i, ``dq_i = sum_k p_ik x_k`` and
+      ``dk_k = sum_i p_ik w_i x_{j_i} / t``.
+    """
+    self_pos = _self_entries(self_col, 0, tf.shape(keys)[0])
+    shift = None if no_shift else _row_max(q, keys, self_pos)
+    e = _exp_block(q, keys, self_pos, shift)
+    row_sum = tf.reduce_sum(e, axis=1)
+    inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
+    dk = tf.matmul(e, q_w * inv_sum, transpose_a=True)  # [n, C]
+    dq = tf.matmul(e, keys) * inv_sum  # [r, C]: sum_k p_ik x_k
+    return row_sum, shift, dq, dk
+
+
+def _streamed_row_sums(q, keys, self_col, width, no_shift: bool) -> tuple:
+    """First pass of :func:`_streamed_rows`: ``(row_sum [r], shift [r] or None)``.
+
+    Keys [n, C] are read ``width`` at a time; with a shift, a streaming
+    log-sum-exp keeps a running row maximum (``shift``) and rescales the sums.
+    """
+    num_chunks = (tf.shape(keys)[0] + width - 1) // width
+    r = tf.shape(q)[0]
+    if no_shift:
+
+        def add_chunk(c, row_sum):
+            k_c, self_pos = _key_chunk(keys, self_col, c, width)
+            return c + 1, row_sum + tf.reduce_sum(_exp_block(q, k_c, self_pos, None), axis=1)
+
+        _, row_sum = tf.while_loop(lambda c, _: c < num_chunks, add_chunk, (0, tf.zeros([r])), parallel_iterations=1)
+        return row_sum, None
+
+    def add_shifted_chunk(c, run_max, row_sum):
+        k_c, self_pos = _key_chunk(keys, self_col, c, width)
+        new_max = tf.maximum(run_max, _row_max(q, k_c, self_pos))
+        e = _exp_block(q, k_c, self_pos, new_max)
+        return c + 1, new_max, row_sum * tf.exp(run_max - new_max) + tf.reduce_sum(e, axis=1)
+
+    _, shift, row_sum = tf.while_loop(
+        lambda c, *_: c < num_chunks,
+        add_shifted_chunk,
+        (0, tf.fill([r], tf.constant(_NEG, tf.float32)), tf.zeros([r])),
+        parallel_iterations=1,
+    )
+    return row_sum, shift
+
+
+def _streamed_rows(q, q_w, keys, self_col, width, no_shift: bool) -> tuple:
+    """:func:`_fused_rows` with the keys streamed in chunks of ``width``.
+
+    Same arguments (plus ``width``, a scalar int32) and results. Two passes
+    over the key chunks: the row sums (:func:`_streamed_row_sums`), then
+    each block is recomputed for ``dq`` and ``dk``, so no block is kept.
+    """
+    row_sum, shift = _streamed_row_sums(q, keys, self_col, width, no_shift)
+    num_chunks = (tf.shape(keys)[0] + width - 1) // width
+    channels = keys.shape[-1] if keys.shape[-1] is not None else tf.shape(keys)[-1]
+    inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
+    q_w = q_w * inv_sum
+
+    def add_chunk(c, dq, dk_chunks):
+        k_c, self_pos = _key_chunk(keys, self_col, c, width)
+        e = _exp_block(q, k_c, self_pos, shift)
+        return c + 1, dq + tf.matmul(e, k_c), dk_chunks.write(c, tf.matmul(e, q_w, transpose_a=True))
+
+    _, dq, dk_chunks = tf.while_loop(
+        lambda c, *_: c < num_chunks,
+        add_chunk,
+        (0, tf.zeros(tf.stack([tf.shape(q)[0], channels])), _block_array(num_chunks, keys)),
+        parallel_iterations=1,
+    )
+    return row_sum, shift, dq * inv_sum, dk_chunks.concat()
+
+
+def _with_shift(out: tuple, rows: tf.Tensor) -> tuple:
+    """Replaces a None shift by zeros so that both tf.cond branches match."""
+    row_sum, shift, dq, dk = out
+    return row_sum, tf.zeros([rows]) if shift is None else shift, dq, dk
+
+
+def _pool_lse_sum(total, keys, first_key, qs, qe, queries: _Queries, blocks: _Blocks) -> tuple:
+    """Adds one pool's ``w_i LSE_i`` to ``total``, in chunks of its queries.
+
+    Per chunk of at most ``blocks.max_rows`` queries: if the [queries, keys]
+    block has at most ``FUSED_BLOCK_ELEMENTS`` entries (the usual case of
+    ``stride`` and ``block`` modes) it is computed once
+    (:func:`_fused_rows`: three matmuls and one ``exp``); otherwise (``full``
+    mode) the keys are streamed in chunks of about ``STREAM_BLOCK_ELEMENTS /
+    queries``, at least ``MIN_CHUNK_KEYS`` (:func:`_streamed_rows`: four
+    matmuls and two ``exp``).
+
+    Args:
+      total: scalar float32 running sum. keys: [n, C] the pool's keys, which
+        start at row ``first_key`` of all keys. qs, qe: the pool's queries
+        are ``queries[qs:qe]``.
+
+    Returns:
+      ``(total, dk)``: the new sum and [n, C] its gradient w.r.t. ``keys``.
+    """
+    n = tf.shape(keys)[0]
+    rows = tf.minimum(tf.maximum(qe - qs, 1), blocks.max_rows)
+    if blocks.fixed:
+        fused = n <= blocks.max_rows
+        width = tf.constant(blocks.max_rows)
+    else:
+        fused = rows * n <= FUSED_BLOCK_ELEMENTS
+        width = tf.clip_by_value(STREAM_BLOCK_ELEMENTS // rows, MIN_CHUNK_KEYS, tf.maximum(n, 1))
+    channels = keys.shape[-1] if keys.shape[-1] is not None else tf.shape(keys)[-1]
+
+    def add_chunk(a, total, dk):
+        b = tf.minimum(a + rows, qe)
+        q, q_w, w = queries.scaled[a:b], queries.weighted[a:b], queries.weights[a:b]
+        self_col = queries.index[a:b] - first_key
+        row_sum, shift, dq, dk_r = tf.cond(
+            fused,
+            lambda: _with_shift(_fused_rows(q, q_w, keys, self_col, blocks.no_shift), b - a),
+            lambda: _with_shift(_streamed_rows(q, q_w, keys, self_col, width, blocks.no_shift), b - a),
+        )
+        total = total + tf.reduce_sum(w * (tf.math.log(row_sum) + shift))
+        # Query side: add (w_i / t) sum_k p_ik x_k at the query's own row.
+        dq = dq * (w * queries.inv_t)[:, None]
+        return b, total, dk + tf.tensor_scatter_nd_add(dk_r, self_col[:, None], dq)
+
+    _, total, dk = tf.while_loop(
+        lambda a, *_: a < qe, add_chunk, (qs, total, tf.zeros(tf.stack([n, channels]))), parallel_iterations=1
+    )
+    return total, dk
+
+
+def _lse_sum_and_gradient(x, query_index, weights, q_offsets, k_offsets, inv_t: float, blocks: _Blocks) -> tuple:
+    """The value of :func:`pooled_weighted_lse_sum` and its gradient, pool by pool.
+
+    Args:
+      x: [N, C] float32 keys (no tape records anything here).
+      query_index: [M] int32 ``j``. weights: [M] float32 ``w``.
+      q_offsets, k_offsets: [T+1] int32 pool boundaries.
+      inv_t: ``1 / t``. blocks: the block sizes.
+
+    Returns:
+      ``(total, dx)``: scalar float32 and [N, C] float32.
+    """
+    q = tf.gather(x, query_index)  # [M, C]
+    queries = _Queries(q * inv_t, q * (weights * inv_t)[:, None], query_index, weights, inv_t)
+
+    def add_pool(p, total, dx_pools):
+        ks, ke = k_offsets[p], k_offsets[p + 1]
+        total, dk = _pool_lse_sum(total, x[ks:ke], ks, q_offsets[p], q_offsets[p + 1], queries, blocks)
+        return p + 1, total, dx_pools.write(p, dk)
+
+    num_pools = tf.size(q_offsets) - 1
+    _, total, dx_pools = tf.while_loop(
+        lambda p, *_: p < num_pools,
+        add_pool,
+        (tf.constant(0), tf.constant(0.0), _block_array(num_pools, x)),
+        parallel_iterations=1,
+    )
+    return total, dx_pools.concat()  # pools in key order: [N, C]
+
+
+def _with_accumulated_gradient(x: tf.Tensor, forward: Callable) -> tf.Tensor:
+    """``value`` of ``forward(x) = (value, dvalue/dx)``, differentiable w.r.t. ``x``.
+
+    ``forward`` gets ``x`` without a tape and returns the scalar value and
+    its gradient (same shape as ``x``): the backward pass only scales that
+    stored gradient by the upstream one.
+    """
+
+    @tf.custom_gradient
+    def value(x: tf.Tensor):
+        out, dx = forward(tf.stop_gradient(x))
+        return out, lambda dy: dx * dy
+
+    return value(x)
+
+
 def pooled_weighted_lse_sum(
-    keys: tf.Tensor,
-    query_index: tf.Tensor,
-    weights: tf.Tensor,
-    q_offsets: tf.Tensor,
-    k_offsets: tf.Tensor,
-    temperature: float,
-    chunk_size: int | None = None,
-    logit_bound: float | None = None,
+    keys: tf.Tensor, query_index: tf.Tensor, weights: tf.Tensor, q_offsets: tf.Tensor, k_offsets: tf.Tensor,
+    temperature: float, chunk_size: int | None = None, logit_bound: float | None = None,
 ) -> tf.Tensor:
     """``sum_i w_i log sum_{k in pool(i), k != j_i} exp(x_{j_i} . x_k / t)``.
 
@@ -142,28 +404,19 @@ def pooled_weighted_lse_sum(
     pool's keys).
 
     Exact, and memory-bounded: the similarity matrix is never held beyond one
-    block of [chunk of a pool's queries, chunk of the pool's keys]. With
-    ``p_ik`` the masked softmax of row ``i``, the gradient is::
+    block of [chunk of a pool's queries, chunk of the pool's keys] (see
+    :func:`_pool_lse_sum` for the block sizes). With ``p_ik`` the masked
+    softmax of row ``i``, the gradient is::
 
         dx_{j_i} += (w_i / t) sum_k p_ik x_k      dx_k += sum_i (w_i / t) p_ik x_{j_i}
 
     Because the output is a fixed weighted sum, the gradient is accumulated
     in the forward pass and the backward pass only scales the stored [N, C]
     buffer: nothing N x N is stored, and no similarity is recomputed in
-    the backward pass. Per pool and chunk of at most ``MAX_CHUNK_ROWS``
-    queries:
-
-    * if the [queries, keys of the pool] block has at most
-      ``FUSED_BLOCK_ELEMENTS`` entries (the usual case of ``stride`` and
-      ``block`` modes) it is computed once: three matmuls and one ``exp``;
-    * otherwise (``full`` mode) the keys are streamed in chunks of about
-      ``STREAM_BLOCK_ELEMENTS / queries`` (at least ``MIN_CHUNK_KEYS``):
-      a first pass accumulates the row sums (streaming log-sum-exp), a second
-      recomputes each block for the gradient: four matmuls and two ``exp``.
-
-    The loops are ``tf.while_loop`` s, so the function works in eager mode
-    and inside ``tf.function`` with dynamic sizes, including no query at
-    all. (Evaluating the value alone costs as much as value + gradient.)
+    the backward pass. The loops are ``tf.while_loop`` s, so the function
+    works in eager mode and inside ``tf.function`` with dynamic sizes,
+    including no query at all. (The value alone costs as much as value +
+    gradient.)
 
     Args:
       keys: [N, C] float32 ``x``.
@@ -183,162 +436,19 @@ def pooled_weighted_lse_sum(
     Returns:
       Scalar float32.
     """
-    inv_t = 1.0 / temperature
     query_index = tf.cast(query_index, tf.int32)
     weights = tf.stop_gradient(tf.cast(weights, tf.float32))
-    q_offsets = tf.cast(q_offsets, tf.int32)
-    k_offsets = tf.cast(k_offsets, tf.int32)
-    num_pools = tf.size(q_offsets) - 1
-    channels = keys.shape[-1] if keys.shape[-1] is not None else tf.shape(keys)[-1]
-    # |logit| <= 40: exp(logit) in [4e-18, 2e17], so rows of up to 1e20 terms
-    # are summed in float32 without any shift.
-    no_shift = logit_bound is not None and logit_bound <= 40.0
-    max_rows = MAX_CHUNK_ROWS if chunk_size is None else max(int(chunk_size), 1)
-    elem = tf.TensorShape([None]).concatenate(keys.shape[1:])
-
-    def new_array(size: tf.Tensor | int) -> tf.TensorArray:
-        return tf.TensorArray(tf.float32, size=size, element_shape=elem, infer_shape=False)
-
-    @tf.custom_gradient
-    def _fused(k: tf.Tensor):
-        k_sg = tf.stop_gradient(k)  # nothing of the loops is recorded on a tape
-        q_sg = tf.gather(k_sg, query_index)  # [M, C]
-        q_in = q_sg * inv_t
-        q_w = q_sg * (weights * inv_t)[:, None]  # w_i q_i / t
-
-        def exp_block(q_c, k_c, self_pos, shift):
-            """exp(q_c k_c^T - shift) with the self entries set to 0."""
-            logits = tf.matmul(q_c, k_c, transpose_b=True)
-            if shift is not None:
-                logits = logits - shift[:, None]
-            e = tf.exp(logits)
-            return tf.tensor_scatter_nd_update(e, self_pos, tf.zeros(tf.shape(self_pos)[:1], tf.float32))
-
-        def row_max(q_c, k_c, self_pos):
-            logits = tf.matmul(q_c, k_c, transpose_b=True)
-            logits = tf.tensor_scatter_nd_update(logits, self_pos, tf.fill(tf.shape(self_pos)[:1], _NEG))
-            return tf.reduce_max(logits, axis=1)
-
-        def self_entries(self_c, ks, width):
-            """(row, col) of the excluded entries inside keys [ks, ks + width)."""
-            hit = tf.cast(tf.where(tf.logical_and(self_c >= ks, self_c < ks + width))[:, 0], tf.int32)
-            return tf.stack([hit, tf.gather(self_c, hit) - ks], axis=1)
-
-        def rows_fused(a, b, ks, ke):
-            """One block for rows [a, b) against keys [ks, ke)."""
-            q_c, k_p = q_in[a:b], k_sg[ks:ke]
-            self_pos = self_entries(query_index[a:b] - ks, 0, ke - ks)
-            shift = None if no_shift else row_max(q_c, k_p, self_pos)
-            e = exp_block(q_c, k_p, self_pos, shift)
-            row_sum = tf.reduce_sum(e, axis=1)
-            inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
-            dk_p = tf.matmul(e, q_w[a:b] * inv_sum, transpose_a=True)  # [n_p, C]
-            dq = tf.matmul(e, k_p) * inv_sum  # [r, C]: sum_k p_ik x_k
-            return row_sum, shift, dq, dk_p
-
-        def rows_streamed(a, b, ks, ke, width):
-            """Rows [a, b) against keys [ks, ke) streamed in chunks of `width` keys."""
-            q_c, self_c = q_in[a:b], query_index[a:b] - ks
-            num_chunks = (ke - ks + width - 1) // width
-            r = b - a
-
-            def key_chunk(c):
-                c0 = c * width
-                return k_sg[ks + c0 : tf.minimum(ks + c0 + width, ke)], self_entries(self_c, c0, width)
-
-            if no_shift:
-                shift = None
-
-                def sum_body(c, row_sum):
-                    k_c, self_pos = key_chunk(c)
-                    return c + 1, row_sum + tf.reduce_sum(exp_block(q_c, k_c, self_pos, None), axis=1)
-
-                _, row_sum = tf.while_loop(
-                    lambda c, _: c < num_chunks, sum_body, (0, tf.zeros([r])), parallel_iterations=1
-                )
-            else:  # streaming log-sum-exp with a running maximum
-
-                def sum_body(c, run_max, row_sum):
-                    k_c, self_pos = key_chunk(c)
-                    new_max = tf.maximum(run_max, row_max(q_c, k_c, self_pos))
-                    e = exp_block(q_c, k_c, self_pos, new_max)
-                    return c + 1, new_max, row_sum * tf.exp(run_max - new_max) + tf.reduce_sum(e, axis=1)
-
-                _, shift, row_sum = tf.while_loop(
-                    lambda c, *_: c < num_chunks,
-                    sum_body,
-                    (0, tf.fill([r], tf.constant(_NEG, tf.float32)), tf.zeros([r])),
-                    parallel_iterations=1,
-                )
-            inv_sum = tf.math.divide_no_nan(1.0, row_sum)[:, None]
-            q_w_c = q_w[a:b] * inv_sum
-
-            def grad_body(c, dq, dk_chunks):
-                k_c, self_pos = key_chunk(c)
-                e = exp_block(q_c, k_c, self_pos, shift)
-                return c + 1, dq + tf.matmul(e, k_c), dk_chunks.write(c, tf.matmul(e, q_w_c, transpose_a=True))
-
-            _, dq, dk_chunks = tf.while_loop(
-                lambda c, *_: c < num_chunks,
-                grad_body,
-                (0, tf.zeros(tf.stack([r, channels])), new_array(num_chunks)),
-                parallel_iterations=1,
-            )
-            return row_sum, shift, dq * inv_sum, dk_chunks.concat()
-
-        def pool_body(p, total, dk_out):
-            qs, qe = q_offsets[p], q_offsets[p + 1]
-            ks, ke = k_offsets[p], k_offsets[p + 1]
-            n_p = ke - ks
-            rows = tf.minimum(tf.maximum(qe - qs, 1), max_rows)
-            if chunk_size is None:
-                fused = rows * n_p <= FUSED_BLOCK_ELEMENTS
-                width = tf.clip_by_value(STREAM_BLOCK_ELEMENTS // rows, MIN_CHUNK_KEYS, tf.maximum(n_p, 1))
-            else:
-                fused = n_p <= max_rows
-                width = tf.constant(max_rows)
-
-            def chunk_body(a, total, dk_p):
-                b = tf.minimum(a + rows, qe)
-                row_sum, shift, dq, dk_r = tf.cond(
-                    fused,
-                    lambda: _with_shift(rows_fused(a, b, ks, ke), b - a),
-                    lambda: _with_shift(rows_streamed(a, b, ks, ke, width), b - a),
-                )
-                total = total + tf.reduce_sum(weights[a:b] * (tf.math.log(row_sum) + shift))
-                # Query side: add (w_i / t) sum_k p_ik x_k at the query's own row.
-                dq = dq * (weights[a:b] * inv_t)[:, None]
-                dk_r = tf.tensor_scatter_nd_add(dk_r, (query_index[a:b] - ks)[:, None], dq)
-                return b, total, dk_p + dk_r
-
-            _, total, dk_p = tf.while_loop(
-                lambda a, *_: a < qe,
-                chunk_body,
-                (qs, total, tf.zeros(tf.stack([n_p, channels]), tf.float32)),
-                parallel_iterations=1,
-            )
-            return p + 1, total, dk_out.write(p, dk_p)
-
-        _, total, dk_out = tf.while_loop(
-            lambda p, *_: p < num_pools,
-            pool_body,
-            (tf.constant(0), tf.constant(0.0), new_array(num_pools)),
-            parallel_iterations=1,
-        )
-        dk = dk_out.concat()  # pools in key order: [N, C]
-
-        def grad(dy: tf.Tensor) -> tf.Tensor:
-            return dk * dy
-
-        return total, grad
-
-    return _fused(keys)
-
-
-def _with_shift(out: tuple, rows: tf.Tensor) -> tuple:
-    """Replaces a None shift by zeros so that both tf.cond branches match."""
-    row_sum, shift, dq, dk = out
-    return row_sum, tf.zeros([rows]) if shift is None else shift, dq, dk
+    offsets = tf.cast(q_offsets, tf.int32), tf.cast(k_offsets, tf.int32)
+    blocks = _Blocks(
+        max_rows=MAX_CHUNK_ROWS if chunk_size is None else max(int(chunk_size), 1),
+        fixed=chunk_size is not None,
+        # |logit| <= 40: exp(logit) in [4e-18, 2e17], so rows of up to 1e20
+        # terms are summed in float32 without any shift.
+        no_shift=logit_bound is not None and logit_bound <= 40.0,
+    )
+    return _with_accumulated_gradient(
+        keys, lambda x: _lse_sum_and_gradient(x, query_index, weights, *offsets, 1.0 / temperature, blocks)
+    )
 
 
 def _tile_points(
@@ -397,6 +507,13 @@ def _pooled_loss(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Mean over pools with anchors of the pools' mean anchor loss.
 
+    With ``w_i = 1 / (|anchors of i's pool| * |pools with anchors|)``::
+
+        loss = sum_i w_i l_i = sum_i w_i LSE_i - sum_i w_i (1/|P(i)|) sum_{p in P(i)} s_ip / t
+
+    The first sum is :func:`pooled_weighted_lse_sum`; the second comes from
+    per-(pool, class) feature sums.
+
     Args:
       x: [N, C] L2-normalised float32 features, sorted by pool.
       y: [N] int32 labels. pool: [N] int32 pool index (non-decreasing).
@@ -424,7 +541,7 @@ def _pooled_loss(
 
     q = tf.gather(x, anchor_idx)  # [M, C]
     # Unit vectors: |logit| <= 1/t.
-    lse_sum = pooled_weighted_lse_sum(
+    weighted_lse = pooled_weighted_lse_sum(
         x, anchor_idx, w, q_off, k_off, temperature, chunk_size, logit_bound=inv_t * (1.0 + 1e-6)
     )
 
@@ -433,8 +550,8 @@ def _pooled_loss(
     seg_q = tf.gather(seg, anchor_idx)
     class_sum = tf.gather(tf.math.unsorted_segment_sum(q, seg_q, num_seg), seg_q)  # [M, C]
     num_pos = tf.maximum(tf.gather(counts, seg_q) - 1.0, 1.0)
-    pos = (tf.reduce_sum(q * class_sum, -1) - tf.reduce_sum(q * q, -1)) * inv_t / num_pos
-    return lse_sum - tf.reduce_sum(w * pos), tf.size(anchor_idx)
+    mean_pos = (tf.reduce_sum(q * class_sum, -1) - tf.reduce_sum(q * q, -1)) * inv_t / num_pos  # [M]
+    return weighted_lse - tf.reduce_sum(w * mean_pos), tf.size(anchor_idx)
 
 
 # --------------------------------------------------------------------------
@@ -442,26 +559,19 @@ def _pooled_loss(
 # --------------------------------------------------------------------------
 
 
-def supervised_local_contrastive_loss_with_count(
-    features: tf.Tensor,
-    labels: tf.Tensor,
-    temperature: float = 0.1,
-    mode: str = "stride",
-    stride: int = 4,
-    block_size: int = 16,
-    *,
-    chunk_size: int | None = None,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Supervised local contrastive loss and its number of anchors.
+def _pool_points(
+    features: tf.Tensor, labels: tf.Tensor, mode: str, stride: int, block_size: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor | int]:
+    """The points of every pool of ``mode``, normalised and sorted by pool.
 
-    See :func:`supervised_local_contrastive_loss`. Returns ``(loss,
-    num_anchors)``: a scalar float32 and a scalar int32 (total anchors over
-    all pools). ``num_anchors == 0`` means there was nothing to contrast: the
-    loss is then exactly 0 with a zero (never NaN) gradient, and a training
-    step may skip its update.
+    Args:
+      features: [B, H, W, C] any float dtype. labels: [B, H, W] integer.
+      mode, stride, block_size: see :func:`supervised_local_contrastive_loss_with_count`.
+
+    Returns:
+      x: [N, C] L2-normalised float32, y: [N] int32 labels, pool: [N] int32
+      pool index (non-decreasing), num_pools T.
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     features = tf.convert_to_tensor(features)
     if features.shape.rank is not None and features.shape.rank != 4:
         raise ValueError(f"features must be [B, H, W, C], got shape {features.shape}")
@@ -477,25 +587,17 @@ def supervised_local_contrastive_loss_with_count(
     if mode == "block":
         if int(block_size) < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
-        x, y, pool, num_pools = _tile_points(x, labels, int(block_size))
-    else:  # one pool of every (selected) point
-        x = tf.reshape(x, tf.stack([-1, channels]))
-        y = tf.reshape(labels, [-1])
-        pool, num_pools = tf.zeros_like(y), 1
-    return _pooled_loss(x, y, pool, num_pools, temperature, chunk_size)
+        return _tile_points(x, labels, int(block_size))
+    # one pool of every (selected) point
+    y = tf.reshape(labels, [-1])
+    return tf.reshape(x, tf.stack([-1, channels])), y, tf.zeros_like(y), 1
 
 
-def supervised_local_contrastive_loss(
-    features: tf.Tensor,
-    labels: tf.Tensor,
-    temperature: float = 0.1,
-    mode: str = "stride",
-    stride: int = 4,
-    block_size: int = 16,
-    *,
-    chunk_size: int | None = None,
-) -> tf.Tensor:
-    """Supervised local (pixel) contrastive loss of Hu et al. (2021).
+def supervised_local_contrastive_loss_with_count(
+    features: tf.Tensor, labels: tf.Tensor, temperature: float = 0.1, mode: str = "stride", stride: int = 4,
+    block_size: int = 16, *, chunk_size: int | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Supervised local (pixel) contrastive loss of Hu et al. (2021) and its number of anchors.
 
     Args:
       features: [B, H, W, C] decoder features (``h2`` output), any float
@@ -514,15 +616,12 @@ def supervised_local_contrastive_loss(
           ``B`` maps. When H or W is not a multiple of ``block_size`` the
           remainder rows/columns at the bottom/right form smaller edge tiles
           (every pixel belongs to exactly one tile). Tile positions without an
-          anchor are skipped; the loss is the mean of the other pools'
-          losses.
+          anchor are skipped; the loss is the mean of the other pools' losses.
         * ``"full"``: one pool of every pixel of every map (stride 1).
 
-        All modes are exact and never materialise more than one block of
-        the similarity matrix: only anchor rows are computed, block by
-        block, and the gradient is accumulated in the forward pass by a
-        custom gradient (see :func:`pooled_weighted_lse_sum`); memory is
-        O(chunk x N), not N^2.
+        All modes are exact and never materialise more than one block of the
+        similarity matrix (memory O(chunk x N), not N^2; see
+        :func:`pooled_weighted_lse_sum`).
       stride: subsampling step of ``"stride"`` mode.
       block_size: tile size of ``"block"`` mode.
       chunk_size: ``None`` (default): automatic block sizes (see
@@ -530,9 +629,25 @@ def supervised_local_contrastive_loss(
         the keys per block (mainly for tests).
 
     Returns:
-      Scalar float32 loss; 0 (with zero gradient) when there is no anchor.
-      Use :func:`supervised_local_contrastive_loss_with_count` to also get
-      the number of anchors.
+      ``(loss, num_anchors)``: a scalar float32 and a scalar int32 (total
+      anchors over all pools). ``num_anchors == 0`` means there was nothing to
+      contrast: the loss is then exactly 0 with a zero (never NaN) gradient,
+      and a training step may skip its update.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    x, y, pool, num_pools = _pool_points(features, labels, mode, stride, block_size)
+    return _pooled_loss(x, y, pool, num_pools, temperature, chunk_size)
+
+
+def supervised_local_contrastive_loss(
+    features: tf.Tensor, labels: tf.Tensor, temperature: float = 0.1, mode: str = "stride", stride: int = 4,
+    block_size: int = 16, *, chunk_size: int | None = None,
+) -> tf.Tensor:
+    """Supervised local (pixel) contrastive loss of Hu et al. (2021).
+
+    The arguments of :func:`supervised_local_contrastive_loss_with_count`; returns its
+    scalar float32 loss alone: 0 (with a zero gradient) when there is no anchor.
     """
     loss, _ = supervised_local_contrastive_loss_with_count(
         features, labels, temperature, mode, stride, block_size, chunk_size=chunk_size
@@ -634,6 +749,4 @@ def self_supervised_local_contrastive_loss(
         p = tf.gather_nd(tf.transpose(f, [1, 2, 0, 3]), points)  # [P, B, C]
         return tf.reshape(tf.transpose(p, [1, 0, 2]), [-1, channels])  # [B*P, C]
 
-    z_a, z_b = select(f_a), select(f_b)
-    total = nt_xent_from_pairs(z_a, z_b, z_a, z_b, 0, temperature)
-    return tf.math.divide_no_nan(total, tf.cast(2 * tf.shape(z_a)[0], tf.float32))
+    return nt_xent_from_pairs(select(f_a), select(f_b), temperature)

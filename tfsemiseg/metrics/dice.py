@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from tfsemiseg.metrics._checks import check_label_maps, check_num_classes
+
 __all__ = ["PooledDice", "dice_per_class", "summarise_per_volume"]
 
 
@@ -47,20 +49,7 @@ def _class_counts(
         ``(intersection, pred_size, label_size)``, each int64 of shape [K]
         (index 0 is background).
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (background + 1 class), got {num_classes}")
-    pred = np.asarray(pred)
-    label = np.asarray(label)
-    if pred.shape != label.shape:
-        raise ValueError(f"pred shape {pred.shape} != label shape {label.shape}")
-    for name, arr in (("pred", pred), ("label", label)):
-        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-            raise ValueError(f"{name} must be an integer label map, got dtype {arr.dtype}")
-        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-            raise ValueError(
-                f"{name} values must lie in [0, {num_classes}), "
-                f"got range [{arr.min()}, {arr.max()}]"
-            )
+    pred, label = check_label_maps(pred, label, num_classes)
     p = pred.ravel().astype(np.int64, copy=False)
     g = label.ravel().astype(np.int64, copy=False)
     intersection = np.bincount(g[p == g], minlength=num_classes)
@@ -98,8 +87,7 @@ class PooledDice:
     """
 
     def __init__(self, num_classes: int) -> None:
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background + 1 class), got {num_classes}")
+        check_num_classes(num_classes)
         self.num_classes = int(num_classes)
         self.reset()
 

@@ -46,6 +46,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
+from tfsemiseg.metrics._checks import check_label_maps
+
 __all__ = [
     "STATUSES",
     "STATUS_ABSENT",
@@ -226,21 +228,8 @@ def hd95_per_class(
         :class:`HD95Result` ``(values [K-1] float64, status list[str] of K-1)``,
         see the module docstring for the empty-mask rules.
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (background + 1 class), got {num_classes}")
-    pred = np.asarray(pred)
-    label = np.asarray(label)
-    if pred.shape != label.shape:
-        raise ValueError(f"pred shape {pred.shape} != label shape {label.shape}")
+    pred, label = check_label_maps(pred, label, num_classes)
     _check_spacing(spacing, pred.ndim)
-    for name, arr in (("pred", pred), ("label", label)):
-        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-            raise ValueError(f"{name} must be an integer label map, got dtype {arr.dtype}")
-        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-            raise ValueError(
-                f"{name} values must lie in [0, {num_classes}), "
-                f"got range [{arr.min()}, {arr.max()}]"
-            )
     values = np.full(num_classes - 1, np.nan, dtype=np.float64)
     status: list[str] = []
     for c in range(1, num_classes):
@@ -258,6 +247,27 @@ def hd95_per_class(
             status.append(STATUS_OK)
     diagonal = float(np.sqrt(sum((n * sp) ** 2 for n, sp in zip(pred.shape, spacing))))
     return HD95Result(values=values, status=status, diagonal=diagonal)
+
+
+def _class_summary(results: Sequence[HD95Result], c: int) -> tuple[float, float, float, int, dict[str, int], float]:
+    """(mean, std, median, count) over the ``"ok"`` volumes, the status tally and
+    ``mean_all`` of class index ``c`` (see :func:`summarise_hd95`)."""
+    tally = dict.fromkeys(STATUSES, 0)
+    ok, every = [], []
+    for r in results:
+        s = r.status[c]
+        if s not in tally:
+            raise ValueError(f"unknown HD95 status {s!r}")
+        tally[s] += 1
+        if s == STATUS_OK:
+            ok.append(float(r.values[c]))
+        if s != STATUS_ABSENT:
+            every.append(float(r.values[c]) if s == STATUS_OK else float(r.diagonal))
+    mean_all = float(np.mean(every)) if every else float("nan")
+    arr = np.asarray(ok, dtype=np.float64)
+    if not arr.size:
+        return float("nan"), float("nan"), float("nan"), 0, tally, mean_all
+    return float(arr.mean()), float(arr.std()), float(np.median(arr)), int(arr.size), tally, mean_all
 
 
 def summarise_hd95(results: Sequence[HD95Result]) -> dict[str, Any]:
@@ -291,26 +301,8 @@ def summarise_hd95(results: Sequence[HD95Result]) -> dict[str, Any]:
     k = len(results[0].status)
     if any(len(r.status) != k or np.asarray(r.values).shape != (k,) for r in results):
         raise ValueError("all results must have the same number of classes")
-    means, stds, medians, counts, status_counts, means_all = [], [], [], [], [], []
-    for c in range(k):
-        tally = dict.fromkeys(STATUSES, 0)
-        ok, every = [], []
-        for r in results:
-            s = r.status[c]
-            if s not in tally:
-                raise ValueError(f"unknown HD95 status {s!r}")
-            tally[s] += 1
-            if s == STATUS_OK:
-                ok.append(float(r.values[c]))
-            if s != STATUS_ABSENT:
-                every.append(float(r.values[c]) if s == STATUS_OK else float(r.diagonal))
-        means_all.append(float(np.mean(every)) if every else float("nan"))
-        arr = np.asarray(ok, dtype=np.float64)
-        counts.append(int(arr.size))
-        means.append(float(arr.mean()) if arr.size else float("nan"))
-        stds.append(float(arr.std()) if arr.size else float("nan"))
-        medians.append(float(np.median(arr)) if arr.size else float("nan"))
-        status_counts.append(tally)
+    per_class = [_class_summary(results, c) for c in range(k)]
+    means, stds, medians, counts, status_counts, means_all = ([s[i] for s in per_class] for i in range(6))
     finite_means = [m for m in means if not np.isnan(m)]
     finite_all = [m for m in means_all if not np.isnan(m)]
     return {

@@ -1,9 +1,11 @@
-"""Export a trained run as a TensorFlow SavedModel that serves whole volumes.
+"""Export a trained run, or several as one ensemble, as a TensorFlow SavedModel that serves
+whole volumes.
 
 Signature `serving_default`: input `slices` float32 [N, H, W] (the raw-intensity slices of
 one volume along the model's slicing axis, any H and W). Inside the graph: per-volume
-min-max normalisation (as in training), bilinear resize to the model size, the U-Net,
-softmax (averaged over the 4 mirror images when the run's `evaluation.mirror` is true),
+min-max normalisation (as in training), bilinear resize to the model size, the U-Net
+(or the mean of several U-Nets' softmax: `SoftmaxEnsemble`), softmax (averaged over the 4
+mirror images when the runs' `evaluation.mirror` is true),
 probabilities resized back to H x W (bilinear), argmax. Outputs `probabilities`
 float32 [N, H, W, K] and `labels` int32 [N, H, W]. `metadata.json` lies beside it.
 """
@@ -11,19 +13,21 @@ float32 [N, H, W, K] and `labels` int32 [N, H, W]. `metadata.json` lies beside i
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 import tfsemiseg
-from tfsemiseg.config import from_dict
+from tfsemiseg.config import Config, from_dict
 from tfsemiseg.data.preprocess import model_input
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.inference import resize_probabilities, softmax_probabilities
 from tfsemiseg.io_utils import atomic_dir, read_json
-from tfsemiseg.layout import finished_cell_files, model_files
+from tfsemiseg.layout import finished_cell_files, model_files, run_root_of
+from tfsemiseg.models.ensemble import SoftmaxEnsemble
 from tfsemiseg.models.transfer import load_segmenter
 from tfsemiseg.serving.model_card import model_card
 
@@ -41,7 +45,26 @@ def serving_function(segmenter: keras.Model, image_size: int, mirror: bool = Fal
     return serve
 
 
-def load_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
+@dataclass
+class Member:
+    """One finished run (a method folder) that an exported model is made of."""
+
+    run_dir: Path
+    result: dict[str, Any]
+    weights: Path
+
+    @property
+    def config(self) -> Config:
+        return from_dict(self.result["config"])
+
+    def summary(self) -> dict[str, Any]:
+        r = self.result
+        return {"run": str(self.run_dir), "method": r["method"], "fold": r["fold"], "labeled_fraction": r["fraction"],
+                "labeled_cases": r.get("labeled_cases"), "seed": r.get("seed"),
+                "test_metrics": {k: v for k, v in r["metrics"].items() if k != "cases"}}
+
+
+def load_member(run_dir: Path) -> Member:
     """The evaluated result of a method folder and its fine-tuned weights."""
     result_path, weights = finished_cell_files(run_dir)
     if not result_path.is_file() or not weights.is_file():
@@ -49,40 +72,104 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], Path]:
             f"{run_dir}: not a finished run (needs {result_path.relative_to(run_dir)} and "
             f"{weights.relative_to(run_dir)}; give the method folder, e.g. runs/NAME/fold0/frac0.1/global+local-block)"
         )
-    return read_json(result_path), weights
+    return Member(Path(run_dir), read_json(result_path), weights)
 
 
-def export_run(run_dir: Path, dest: Path, overwrite: bool = False) -> Path:
-    """Write `dest` (SavedModel + metadata.json) atomically from a finished run folder."""
-    result, weights = load_run(run_dir)
-    cfg = from_dict(result["config"])
-    class_names = result["class_names"]
-    unet = load_segmenter(cfg, weights, len(class_names))
-    archive = keras.export.ExportArchive()
-    archive.track(unet.segmenter)
-    archive.add_endpoint(
-        name="serving_default", fn=serving_function(unet.segmenter, cfg.data.image_size, cfg.evaluation.mirror)
-    )
+def _served_settings(m: Member) -> dict[str, Any]:
+    cfg = m.config
+    return {"class_names": m.result["class_names"], "image_size": cfg.data.image_size,
+            "slice_axis": cfg.data.slice_axis % 3, "channel": cfg.data.channel, "test_time_mirroring": cfg.evaluation.mirror}
+
+
+def check_members(members: Sequence[Member]) -> dict[str, Any]:
+    """The settings every member must share to be served as one model (classes, input, mirroring)."""
+    first = _served_settings(members[0])
+    for m in members[1:]:
+        other = _served_settings(m)
+        for key, value in first.items():
+            if other[key] != value:
+                raise TfSemisegError(f"{m.run_dir}: {key} {other[key]!r} differs from {members[0].run_dir}'s "
+                                     f"{value!r}; the runs of one exported model must share it")
+    return first
+
+
+def load_model(members: Sequence[Member]) -> keras.Model:
+    """The segmenter of one member, or the softmax-averaging ensemble of several (float32)."""
+    settings = check_members(members)
+    k = len(settings["class_names"])
+    segmenters = [load_segmenter(m.config, m.weights, k).segmenter for m in members]
+    if len(segmenters) == 1:
+        return segmenters[0]
+    ensemble = SoftmaxEnsemble(segmenters)
+    size = settings["image_size"]
+    ensemble(tf.zeros([1, size, size, 1]))  # build
+    return ensemble
+
+
+def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Path,
+                     parts: Sequence[str] = ("val", "test")) -> dict[str, dict[str, Any]]:
+    """The exported model's metrics on its members' shared fold: {"val": report, "test": report}."""
+    from tfsemiseg.data.prepared import evaluation_volumes, prepare_dataset
+    from tfsemiseg.evaluation import evaluate_volumes
+
+    folds = {m.result["fold"] for m in members}
+    if len(folds) != 1:
+        raise TfSemisegError(f"the runs come from folds {sorted(folds)}: no test part is held out from all of them")
+    cfg, fold = members[0].config, folds.pop()
+    data = prepare_dataset(cfg, data_dir, run_root_of(members[0].run_dir))
+    split = data.split(fold)
+    return {part: evaluate_volumes(model, evaluation_volumes(data, split, part), data.class_names,
+                                   mirror=cfg.evaluation.mirror) for part in parts}
+
+
+def _metadata(members: Sequence[Member], settings: dict[str, Any],
+              evaluation: Optional[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    first = members[0].result
+    shared = {key: first[key] if all(m.result[key] == first[key] for m in members) else None
+              for key in ("fold", "fraction")}
+    labeled = sorted({c for m in members for c in (m.result.get("labeled_cases") or [])})
+    strip = (lambda report: {k: v for k, v in report.items() if k != "cases"})
     metadata = {
-        "class_names": class_names,
-        "slice_axis": cfg.data.slice_axis % 3,
-        "channel": cfg.data.channel,
-        "image_size": cfg.data.image_size,
-        "test_time_mirroring": cfg.evaluation.mirror,
-        "dataset": result.get("dataset"),
-        "method": result["method"],
-        "fold": result["fold"],
-        "labeled_fraction": result["fraction"],
-        "labeled_volumes": result["num_labeled_volumes"],
-        "training_precision": {stage: info.get("precision") for stage, info in result.get("stages", {}).items()},
-        "test_metrics": {k: v for k, v in result["metrics"].items() if k != "cases"},
-        "training_config": result["config"],
+        **settings,
+        "dataset": first.get("dataset"),
+        "method": first["method"] if len(members) == 1 else "ensemble",
+        "fold": shared["fold"],
+        "labeled_fraction": shared["fraction"],
+        "labeled_volumes": len(labeled) if labeled else first["num_labeled_volumes"],
+        "training_precision": {stage: info.get("precision") for stage, info in first.get("stages", {}).items()},
+        "test_metrics": strip(evaluation["test"]) if evaluation and "test" in evaluation else
+        (strip(first["metrics"]) if len(members) == 1 else None),
+        "training_config": first["config"],
         "tfsemiseg_version": tfsemiseg.__version__,
         "signature": {
             "inputs": {"slices": "float32 [N, H, W], raw intensities of one volume's slices"},
             "outputs": {"probabilities": "float32 [N, H, W, K]", "labels": "int32 [N, H, W]"},
         },
     }
+    if evaluation and "val" in evaluation:
+        metadata["val_metrics"] = strip(evaluation["val"])
+    if len(members) > 1:
+        metadata["members"] = [m.summary() for m in members]
+    return metadata
+
+
+def export_run(run_dirs: Path | Sequence[Path], dest: Path, overwrite: bool = False,
+               data_dir: Optional[Path] = None, parts: Sequence[str] = ("val", "test")) -> Path:
+    """Write `dest` (SavedModel + metadata.json + MODEL_CARD.md) atomically from one finished
+    run folder, or from several as one model averaging their softmax. With `data_dir`, the
+    exported model is evaluated on the `parts` (validation, test) of the runs' shared fold."""
+    run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    members = [load_member(r) for r in run_dirs]
+    settings = check_members(members)
+    model = load_model(members)
+    evaluation = evaluate_members(model, members, data_dir, parts) if data_dir is not None else None
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serving_function(model, settings["image_size"], settings["test_time_mirroring"]),
+    )
+    metadata = _metadata(members, settings, evaluation)
     with atomic_dir(Path(dest), overwrite=overwrite) as tmp:
         archive.write_out(str(tmp), verbose=False)
         files = model_files(tmp)

@@ -9,14 +9,8 @@ def _num(v: Optional[float], fmt: str = "{:.3f}") -> str:
     return "n/a" if v is None else fmt.format(v)
 
 
-def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
-    """Markdown: data and licence, split and fraction, config, test metrics, use and limits."""
-    cfg = meta["training_config"]
-    m = meta.get("test_metrics") or {}
-    classes = meta["class_names"][1:]
-    pooled = m.get("pooled_dice", {})
-    vol = m.get("volume_dice", {})
-    hd = m.get("hd95_mm", {})
+def _metrics_table(m: dict[str, Any], classes: list[str]) -> str:
+    pooled, vol, hd = m.get("pooled_dice", {}), m.get("volume_dice", {}), m.get("hd95_mm", {})
     rows = []
     for i, c in enumerate(classes):
         def pick(d: dict, key: str, fmt: str = "{:.3f}") -> str:
@@ -24,6 +18,44 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
             return _num(vals[i] if i < len(vals) else None, fmt)
         rows.append(f"| {c} | {pick(pooled, 'per_class')} | {pick(vol, 'mean')} ± {pick(vol, 'std')} | "
                     f"{pick(hd, 'mean', '{:.2f}')} ± {pick(hd, 'std', '{:.2f}')} |")
+    return "\n".join([
+        "| class | pooled Dice | per-volume Dice (mean ± std) | HD95 mm (mean ± std) |",
+        "|---|---|---|---|",
+        *rows,
+        f"| mean | {_num(pooled.get('mean'))} | {_num(vol.get('mean_over_classes'))} | "
+        f"{_num(hd.get('mean_over_classes'), '{:.2f}')} |",
+    ])
+
+
+def _metrics_section(meta: dict[str, Any], classes: list[str]) -> str:
+    parts = []
+    for key, what in (("val_metrics", "validation"), ("test_metrics", "test")):
+        m = meta.get(key)
+        if m:
+            parts.append(f"### {what.capitalize()} part ({m.get('num_volumes', 'n/a')} volumes of the split's "
+                         f"{what} part)\n\n{_metrics_table(m, classes)}\n")
+    if not parts:
+        return "No held-out part is shared by every run of this model; see each member's test metrics below.\n"
+    return "\n".join(parts)
+
+
+def _members_section(meta: dict[str, Any]) -> str:
+    members = meta.get("members")
+    if not members:
+        return ""
+    rows = [f"| `{m['method']}` | {m['fold']} | {m['labeled_fraction']:g} | {m.get('seed')} | "
+            f"{_num((m.get('test_metrics') or {}).get('pooled_dice', {}).get('mean'))} | `{m['run']}` |"
+            for m in members]
+    return ("\n## Members\nThe model averages the softmax of these runs inside the graph:\n\n"
+            "| method | fold | labeled fraction | seed | its own test pooled Dice | run folder |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
+    """Markdown: data and licence, split and fraction, config, validation and test metrics,
+    members of an ensemble, use and limits."""
+    cfg = meta["training_config"]
+    classes = meta["class_names"][1:]
     model = cfg["model"]
     licence = ("CC-BY-SA 4.0 (Medical Segmentation Decathlon, Task04 Hippocampus, Vanderbilt University Medical "
                "Center); cite Simpson et al. 2019 (arXiv:1902.09063) and Antonelli et al. 2022 (Nat. Commun. 13, 4128)"
@@ -31,31 +63,31 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
     mirror = ("\n- Test-time mirroring (inside the model, and in the metrics below): the softmax is averaged over"
               "\n  each slice and its flips along either in-plane axis and both."
               if meta.get("test_time_mirroring") else "")
+    fold = "several folds" if meta.get("fold") is None else f"fold {meta['fold']}"
+    fraction = ("labeled fractions as listed below" if meta.get("labeled_fraction") is None
+                else f"labeled fraction {meta['labeled_fraction']:g}")
+    ensemble = f" (an ensemble of {len(meta['members'])} runs)" if meta.get("members") else ""
     return f"""# {name}
 
-2D U-Net ({model['depth']} levels, base width {model['base_width']}, {model['norm']} normalisation) segmenting
+2D U-Net ({model['depth']} levels, base width {model['base_width']}, {model['norm']} normalisation){ensemble} segmenting
 {', '.join(classes)} slice by slice at {meta['image_size']}x{meta['image_size']}, exported by tfsemiseg
 {meta.get('tfsemiseg_version', '')} as a TensorFlow SavedModel (signature `serving_default`: `slices` float32
 [N, H, W] -> `labels` int32 [N, H, W], `probabilities` float32 [N, H, W, K]; slicing axis {meta['slice_axis']}).
 
 ## Training data and licence
 - Data: {meta.get('dataset')}; licence: {licence}.
-- Split: fold {meta['fold']} of the seeded volume-level splits (ratios {cfg['split']['ratios']}, seed
-  {cfg['split']['seed']}); labeled fraction {meta['labeled_fraction']:g} of the train volumes
+- Split: {fold} of the seeded volume-level splits (ratios {cfg['split']['ratios']}, seed
+  {cfg['split']['seed']}); {fraction} of the train volumes
   ({meta['labeled_volumes']} volumes with labels); method `{meta['method']}`.
 - Preprocessing (inside the model): per-volume min-max to [0, 1], bilinear resize to the model size;
   probabilities resized back bilinearly.{mirror}
 
-## Test-set metrics ({m.get('num_volumes', 'n/a')} volumes of the split's test part)
-Pooled Dice is the paper's metric (intersections and sums pooled over all test slices at model
+## Metrics
+Pooled Dice is the paper's metric (intersections and sums pooled over all slices at model
 resolution); per-volume Dice and HD95 are at native resolution (HD95 over volumes where both
 prediction and label hold the class).
 
-| class | pooled Dice | per-volume Dice (mean ± std) | HD95 mm (mean ± std) |
-|---|---|---|---|
-{chr(10).join(rows)}
-| mean | {_num(pooled.get('mean'))} | {_num(vol.get('mean_over_classes'))} | {_num(hd.get('mean_over_classes'), '{:.2f}')} |
-
+{_metrics_section(meta, classes)}{_members_section(meta)}
 ## Training configuration
 Stages and settings are in `metadata.json` (`training_config`); fine-tuning: {cfg['train']['finetune_stage']['epochs']}
 epochs, batch {cfg['train']['finetune_stage']['batch_size']}, Adam lr {cfg['train']['finetune_stage']['learning_rate']}
@@ -70,5 +102,5 @@ hippocampus crops. Not a medical device; not for clinical decisions.
   scans, other contrasts or resolutions are out of distribution.
 - 2D slice-wise model: no 3D context; slices are resized to {meta['image_size']}x{meta['image_size']}, which
   distorts anisotropic slices.
-- Metrics come from one split's test part, not from an external cohort.
+- Metrics come from one split's held-out parts, not from an external cohort.
 """

@@ -4,9 +4,12 @@ global   encoder + h1, `global_contrastive_loss` on two views of every train sli
 local    encoder + decoder + h2, `supervised_local_contrastive_loss` on labeled slices
 finetune U-Net + 1x1 head, `segmentation_loss` on labeled slices; validation Dice
 
-Under a multi-replica strategy, the local and fine-tune losses are computed on the
-batch gathered from every replica (the local loss pools pixels of all maps, the Dice
-term pools the batch), so the value and gradient equal the single-device ones.
+One convention for every loss under a multi-replica strategy: the task gathers its
+outputs from every replica (`replica_gather`, differentiable) and each replica computes
+the loss of the whole global batch (NT-Xent over every view, the local loss pooling
+pixels of all maps, the Dice term pooling the batch); the Trainer divides it by the
+number of replicas and sums the gradients, so value and gradient equal the single-device
+ones. The losses themselves know nothing of replicas.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ class GlobalTask(UNetTask):
         view_a, view_b = batch
         z = self.unet.global_model(tf.concat([view_a, view_b], 0), training=True)
         z_a, z_b = tf.split(z, 2, axis=0)
-        loss = global_contrastive_loss(z_a, z_b, self.cfg.train.global_loss.temperature)
+        temperature = self.cfg.train.global_loss.temperature
+        loss = global_contrastive_loss(replica_gather(z_a), replica_gather(z_b), temperature)
         return loss, tf.shape(view_a)[0]
 
     def dataset(self, seed: int) -> tf.data.Dataset:
