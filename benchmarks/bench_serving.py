@@ -23,16 +23,18 @@ REAL = REPO_ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 
 def export_untrained(cfg, dest: Path) -> Path:
     """A SavedModel of `cfg`'s U-Net with initial weights, through the real export path."""
+    from tfsemiseg.layout import finished_cell_files
     from tfsemiseg.models.transfer import save_weights_by_name
     from tfsemiseg.models.unet import build_unet
     from tfsemiseg.serving.export import export_run
 
     run = dest.parent / "run"
-    (run / "finetune").mkdir(parents=True)
+    result, weights = finished_cell_files(run)
+    weights.parent.mkdir(parents=True)
     unet = build_unet(cfg.model, cfg.data.image_size, 3)
-    save_weights_by_name(unet.segmenter, run / "finetune" / "weights.npz")
+    save_weights_by_name(unet.segmenter, weights)
     empty = {"per_class": [], "mean": None}
-    (run / "result.json").write_text(json.dumps({
+    result.write_text(json.dumps({
         "config": cfg.to_dict(), "class_names": ["background", "a", "b"], "method": "random", "fold": 0,
         "fraction": 1.0, "num_labeled_volumes": 0, "dataset": "benchmark", "metrics": {"pooled_dice": empty}}))
     return export_run(run, dest)

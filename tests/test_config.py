@@ -265,12 +265,24 @@ def test_older_complete_dumps_are_read_into_the_loss_sections():
     assert from_dict(old) == cfg
 
 
-def test_older_keys_alone_move_and_mode_alone_is_refused(tmp_path):
+def test_older_keys_alone_move_and_mode_is_dropped(tmp_path):
     cfg = from_dict({"train": {"local_stage": {"epochs": 3, "stride": 2}, "global_stage": {"temperature": 0.2}}})
     assert cfg.train.local_loss.stride == 2 and cfg.train.global_loss.temperature == 0.2
     assert cfg.train.local_stage.epochs == 3
-    msg = load_error(tmp_path, "train: {local_stage: {mode: stride}}\n")
-    assert msg.startswith("train.local_stage.mode: the local loss's mode is the method's now")
+    # the older tiny.yaml: mode (always overridden by the method) without stride
+    old_tiny = {"local_stage": {"epochs": 2, "temperature": 0.1, "mode": "block", "block_size": 8}}
+    assert from_dict({"train": old_tiny}).train.local_loss.block_size == 8
+    assert load_error(tmp_path, "train: {local_stage: {stride: 2}, local_loss: 3}\n") == (
+        "train.local_loss must be a mapping, got int")
     msg = load_error(tmp_path, "train: {local_stage: {temperature: 0.2}, local_loss: {temperature: 0.1}}\n")
     assert msg == ("train.local_stage.temperature (0.2) is now train.local_loss.temperature (0.1): "
                    "give it once, as train.local_loss.temperature")
+
+
+def test_replace_reads_older_dotted_keys():
+    cfg = Config().replace(**{"train.local_stage.temperature": 0.05, "train.global_stage.temperature": 0.3,
+                              "train.local_stage.block_size": 8})
+    assert (cfg.train.local_loss.temperature, cfg.train.global_loss.temperature) == (0.05, 0.3)
+    assert cfg.train.local_loss.block_size == 8
+    with pytest.raises(ConfigError, match="train.local_stage.mode: the local loss's mode is the method's"):
+        Config().replace(**{"train.local_stage.mode": "block"})

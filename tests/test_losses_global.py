@@ -25,7 +25,7 @@ def reference_nt_xent(za: np.ndarray, zb: np.ndarray, t: float) -> float:
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
 @pytest.mark.parametrize("b,d", [(1, 3), (5, 7), (16, 32)])
-def test_nt_xent_matches_numpy(b, d, t):
+def test_nt_xent_matches_the_dense_reference(b, d, t):
     rng = np.random.default_rng(b * 100 + d)
     za = rng.normal(size=(b, d)).astype(np.float32)
     zb = (za + rng.normal(size=(b, d))).astype(np.float32)

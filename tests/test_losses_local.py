@@ -308,7 +308,7 @@ def test_points_documented_coordinates():
 
 
 @pytest.mark.parametrize("positions", [9, 13])
-def test_self_supervised_matches_numpy(positions):
+def test_self_supervised_matches_the_dense_reference(positions):
     rng = np.random.default_rng(12)
     f_a = rng.normal(size=(3, 16, 24, 6)).astype(np.float32)
     f_b = (f_a + 0.5 * rng.normal(size=f_a.shape)).astype(np.float32)

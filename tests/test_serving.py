@@ -266,8 +266,9 @@ def test_ensemble_export_serves_the_mean_softmax_and_is_evaluated(trained_run, t
                                   cfg.data.image_size)[0] for r in runs]
     assert np.abs(members[0] - members[1]).max() > 1e-2  # the two members really differ
     np.testing.assert_allclose(served["probabilities"].numpy(), (members[0] + members[1]) / 2, atol=1e-5)
-    # the test part's metrics are the ensemble's own, not a member's
-    assert meta["test_metrics"]["pooled_dice"] != meta["members"][1]["test_metrics"]["pooled_dice"]
+    # the test part's metrics are the ensemble's own, not the first member's (the copy's result.json is its too)
+    assert meta["test_metrics"]["pooled_dice"] != meta["members"][0]["test_metrics"]["pooled_dice"]
+    assert meta["test_metrics"]["num_volumes"] == meta["members"][0]["test_metrics"]["num_volumes"]
 
 
 def test_ensemble_export_refuses_runs_it_cannot_serve_as_one(trained_run, tmp_path):
@@ -286,4 +287,12 @@ def test_ensemble_export_refuses_runs_it_cannot_serve_as_one(trained_run, tmp_pa
     (other / "result.json").write_text(json.dumps(result))
     with pytest.raises(TfSemisegError, match=r"folds \[0, 1\]: no test part is held out from all of them"):
         export_run([trained_run["run_dir"], other], tmp_path / "m", data_dir=trained_run["tmp"] / "data")
+    result["fold"], result["split_digest"] = 0, "another split"  # the same fold number of another split
+    (other / "result.json").write_text(json.dumps(result))
+    with pytest.raises(TfSemisegError, match=r"trained on another split than fold 0 of .*must share one split"):
+        export_run([trained_run["run_dir"], other], tmp_path / "m", data_dir=trained_run["tmp"] / "data")
+    flat = tmp_path / "flat"  # a finished run copied out of its run folder: no splits to evaluate on
+    shutil.copytree(trained_run["run_dir"], flat)
+    with pytest.raises(TfSemisegError, match=r"flat: not a method folder of a run"):
+        export_run([flat], tmp_path / "m", data_dir=trained_run["tmp"] / "data")
     assert not (tmp_path / "m").exists()

@@ -213,3 +213,52 @@ def test_retrained_parent_stage_makes_later_stages_stale(phantom_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "already finished" in done.stdout  # global and local reused, fine-tuning retrained
     assert json.loads((cell / "result.json").read_text())["stages"]["global"]["epochs"] == 2
+
+
+def _older_digest(cfg, plan, mode: str) -> str:
+    """The stage digest as the version before train.global_loss / train.local_loss wrote it:
+    the loss settings and a mode inside the stage's own section."""
+    import hashlib
+
+    d = cfg.to_dict()
+    d["data"].pop("cache_dir")
+    train = d["train"]
+    stage = dict(train[f"{plan.name}_stage"], temperature=0.1, mode="stride", stride=4, block_size=16)
+    if plan.name in ("global", "local"):
+        stage.update(train[f"{plan.name}_loss"])
+    if plan.name == "local":
+        stage["mode"] = mode
+    parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"], "stage": stage,
+             "seed": train["seed"], "plan": [plan.name, plan.init_from, plan.local_mode, plan.variant]}
+    if plan.variant or plan.local_mode == "self":
+        parts["baselines"] = train["baselines"]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_finished_stages_of_the_previous_config_layout_are_reused(tmp_path):
+    """A stage.json written before the loss settings left the stage sections is accepted for the
+    same settings, and refused for other ones."""
+    from tfsemiseg.config import load_config
+    from tfsemiseg.errors import TfSemisegError
+    from tfsemiseg.training.methods import _check_reuse, _older_digests, _stage_digest
+    from tfsemiseg.training.plans import METHODS
+
+    cfg = load_config(REPO / "configs" / "hippocampus.yaml")
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    for method in ("global+local-block", "global+local-stride", "global+local-self", "tcsm", "random"):
+        for plan in METHODS[method]:
+            mode = plan.local_mode if plan.local_mode != "self" else "block"
+            old = _older_digest(cfg, plan, mode)
+            assert old != _stage_digest(cfg, plan) and old in _older_digests(cfg, plan), (method, plan)
+            (folder / "stage.json").write_text(json.dumps({"config_digest": old}))
+            _check_reuse(folder, _stage_digest(cfg, plan), None, _older_digests(cfg, plan))
+    other = cfg.replace(**{"train.local_loss.temperature": 0.05})
+    plan = METHODS["global+local-block"][1]
+    (folder / "stage.json").write_text(json.dumps({"config_digest": _older_digest(cfg, plan, "block")}))
+    try:
+        _check_reuse(folder, _stage_digest(other, plan), None, _older_digests(other, plan))
+    except TfSemisegError as exc:
+        assert "finished with a different configuration" in str(exc)
+    else:
+        raise AssertionError("a stage finished with other settings was reused")

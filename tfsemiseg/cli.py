@@ -339,6 +339,8 @@ def export(run_dirs: tuple[Path, ...], dest: Path, data_dir: Optional[Path], par
 
     if dest.exists() and not force:
         raise TfSemisegError(f"{dest}: already exists (use --force to replace it)")
+    if data_dir is None and click.get_current_context().get_parameter_source("parts").name != "DEFAULT":
+        raise TfSemisegError("--parts needs --data (the dataset to evaluate the exported model on)")
     export_run(list(run_dirs), dest, overwrite=force, data_dir=data_dir, parts=parts.split(","))
     click.echo(f"exported {', '.join(map(str, run_dirs))} to {dest}")
 

@@ -353,7 +353,7 @@ class Config:
         data = self.to_dict()
         for dotted, value in changes.items():
             node = data
-            *parents, leaf = dotted.split(".")
+            *parents, leaf = _current_key(dotted).split(".")
             for p in parents:
                 node = node[p]
             node[leaf] = value
@@ -468,12 +468,26 @@ _MOVED_STAGE_KEYS = {
 _OLD_STAGE_KEYS = ("temperature", "mode", "stride", "block_size")
 
 
+def _current_key(dotted: str) -> str:
+    """A dotted key of the older layout as it is now: train.local_stage.temperature ->
+    train.local_loss.temperature (`mode` stays, and is refused: it is the method's now)."""
+    parts = dotted.split(".")
+    if len(parts) == 3 and parts[0] == "train":
+        target = _MOVED_STAGE_KEYS.get(parts[1], {}).get(parts[2])
+        if target is not None:
+            return f"train.{target}.{parts[2]}"
+        if parts[2] == "mode":
+            raise ConfigError(f"{dotted}: the local loss's mode is the method's (--method global+local-stride, "
+                              "local-block, ...), not a setting")
+    return dotted
+
+
 def _migrate(values: dict[str, Any]) -> dict[str, Any]:
     """Read a config of the older layout (the config in an older result.json or exported
     metadata.json, or an older YAML file): each loss setting moves from its stage section
-    to train.global_loss / train.local_loss; the settings no stage used are dropped, and so is
-    `mode` (now the method's) in a complete older section; `mode` alone is an error, and so
-    is a setting given in both places with two values."""
+    to train.global_loss / train.local_loss; `mode` (which the method always overrode) and
+    the settings no stage used are dropped. A setting given in both places with two values
+    is an error."""
     train = values.get("train")
     if not isinstance(train, dict):
         return values
@@ -482,9 +496,6 @@ def _migrate(values: dict[str, Any]) -> dict[str, Any]:
         section = train.get(stage)
         if not isinstance(section, dict) or not set(section) & set(_OLD_STAGE_KEYS):
             continue
-        if "mode" in section and not set(_OLD_STAGE_KEYS) <= set(section):  # not an older complete dump
-            raise ConfigError(f"train.{stage}.mode: the local loss's mode is the method's now "
-                              "(--method global+local-stride, local-block, ...); remove the key")
         section = dict(section)
         for key in _OLD_STAGE_KEYS:
             if key not in section:
@@ -493,6 +504,8 @@ def _migrate(values: dict[str, Any]) -> dict[str, Any]:
             target = _MOVED_STAGE_KEYS.get(stage, {}).get(key)
             if target is None:
                 continue
+            if not isinstance(train.get(target) or {}, dict):
+                raise ConfigError(f"train.{target} must be a mapping, got {type(train[target]).__name__}")
             loss = dict(train.get(target) or {})
             if key in loss and loss[key] != value:
                 raise ConfigError(f"train.{stage}.{key} ({value!r}) is now train.{target}.{key} ({loss[key]!r}): "

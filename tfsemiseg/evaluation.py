@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.data.preprocess import SliceVolume
-from tfsemiseg.inference import native_labels, predict_probabilities, softmax_probabilities
+from tfsemiseg.inference import native_labels, predict_probabilities
 from tfsemiseg.metrics.dice import PooledDice, dice_per_class, summarise_per_volume
 from tfsemiseg.metrics.surface import hd95_per_class, summarise_hd95
 
@@ -62,7 +62,8 @@ class PooledValidator:
         @tf.function(input_signature=[tf.TensorSpec([None, h, w, 1], tf.float32),
                                       tf.TensorSpec([None, h, w], tf.int32)])
         def counts(x, y):
-            pred = tf.argmax(softmax_probabilities(model, x), axis=-1, output_type=tf.int32)
+            # the argmax of the logits: the softmax's (also an ensemble's, whose output is log-probability)
+            pred = tf.argmax(tf.cast(model(x, training=False), tf.float32), axis=-1, output_type=tf.int32)
             p, g = tf.one_hot(pred, k), tf.one_hot(y, k)
             return tf.cast(tf.stack([tf.reduce_sum(p * g, [0, 1, 2]), tf.reduce_sum(p, [0, 1, 2]),
                                      tf.reduce_sum(g, [0, 1, 2])]), tf.int64)  # [3, K], exact below 2^24 per batch

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.training.plans import canonical_method
 
 SPLITS = "splits.json"
@@ -121,7 +122,10 @@ def finished_cell_files(cell_dir: Path) -> tuple[Path, Path]:
 
 def run_root_of(cell_dir: Path) -> Path:
     """The run folder a method folder ROOT/fold{k}/frac{f}/{method} belongs to."""
-    return Path(cell_dir).resolve().parents[2]
+    path = Path(cell_dir).resolve()
+    if len(path.parents) < 3 or not (path.parent.name.startswith("frac") and path.parents[1].name.startswith("fold")):
+        raise TfSemisegError(f"{cell_dir}: not a method folder of a run (RUN/fold<k>/frac<f>/<method>)")
+    return path.parents[2]
 
 
 class ModelFiles(NamedTuple):

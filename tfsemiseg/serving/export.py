@@ -118,6 +118,11 @@ def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Pa
     cfg, fold = members[0].config, folds.pop()
     data = prepare_dataset(cfg, data_dir, run_root_of(members[0].run_dir))
     split = data.split(fold)
+    for m in members:  # the same fold number of other splits would leak their training volumes
+        if m.result.get("split_digest") != split.digest():
+            raise TfSemisegError(f"{m.run_dir}: trained on another split than fold {fold} of "
+                                 f"{run_root_of(members[0].run_dir)} (split digest {m.result.get('split_digest')} != "
+                                 f"{split.digest()}); the runs of an evaluated model must share one split")
     return {part: evaluate_volumes(model, evaluation_volumes(data, split, part), data.class_names,
                                    mirror=cfg.evaluation.mirror) for part in parts}
 

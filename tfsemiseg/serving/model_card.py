@@ -34,9 +34,11 @@ def _metrics_section(meta: dict[str, Any], classes: list[str]) -> str:
         if m:
             parts.append(f"### {what.capitalize()} part ({m.get('num_volumes', 'n/a')} volumes of the split's "
                          f"{what} part)\n\n{_metrics_table(m, classes)}\n")
-    if not parts:
+    if parts:
+        return "\n".join(parts)
+    if meta.get("fold") is None:
         return "No held-out part is shared by every run of this model; see each member's test metrics below.\n"
-    return "\n".join(parts)
+    return "Not evaluated as one model (export with --data to do so); see each member's test metrics below.\n"
 
 
 def _members_section(meta: dict[str, Any]) -> str:
@@ -67,6 +69,7 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
     fraction = ("labeled fractions as listed below" if meta.get("labeled_fraction") is None
                 else f"labeled fraction {meta['labeled_fraction']:g}")
     ensemble = f" (an ensemble of {len(meta['members'])} runs)" if meta.get("members") else ""
+    first = ", the first member's; each member's run folder holds its own" if meta.get("members") else ""
     return f"""# {name}
 
 2D U-Net ({model['depth']} levels, base width {model['base_width']}, {model['norm']} normalisation){ensemble} segmenting
@@ -89,7 +92,7 @@ prediction and label hold the class).
 
 {_metrics_section(meta, classes)}{_members_section(meta)}
 ## Training configuration
-Stages and settings are in `metadata.json` (`training_config`); fine-tuning: {cfg['train']['finetune_stage']['epochs']}
+Stages and settings are in `metadata.json` (`training_config`{first}); fine-tuning: {cfg['train']['finetune_stage']['epochs']}
 epochs, batch {cfg['train']['finetune_stage']['batch_size']}, Adam lr {cfg['train']['finetune_stage']['learning_rate']}
 ({cfg['train']['finetune_stage']['schedule']}).
 {notes}

@@ -8,11 +8,12 @@ or the weights it started from have changed since, which is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from tfsemiseg.config import Config
 from tfsemiseg.data.prepared import PreparedData, evaluation_volumes, prepare_dataset, training_arrays
@@ -31,29 +32,53 @@ from tfsemiseg.training.strategy import worker_barrier, worker_role
 Echo = Callable[[str], None]
 
 
-def _stage_digest(cfg: Config, plan: StagePlan) -> str:
-    """Hash of every setting the stage's result depends on (to refuse stale reuse)."""
+def _digest(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _digest_parts(cfg: Config, plan: StagePlan) -> dict[str, Any]:
     d = cfg.to_dict()
     d["data"].pop("cache_dir")  # where slices are cached does not change a result
     train = d["train"]
     parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
              "stage": train[f"{plan.name}_stage"], "seed": train["seed"],
              "plan": [plan.name, plan.init_from, plan.local_mode, plan.variant]}
-    if plan.name in ("global", "local"):
-        parts["loss"] = train[f"{plan.name}_loss"]
     if plan.variant or plan.local_mode == "self":
         parts["baselines"] = train["baselines"]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return parts
+
+
+def _stage_digest(cfg: Config, plan: StagePlan) -> str:
+    """Hash of every setting the stage's result depends on (to refuse stale reuse)."""
+    parts = _digest_parts(cfg, plan)
+    if plan.name in ("global", "local"):
+        parts["loss"] = cfg.to_dict()["train"][f"{plan.name}_loss"]
+    return _digest(parts)
+
+
+def _older_digests(cfg: Config, plan: StagePlan) -> list[str]:
+    """The digests earlier versions wrote for the same settings, whose stage sections held the
+    loss settings and a mode (the method's for a supervised local stage; the configured one,
+    now unknown, for the others: every mode is accepted there, since no stage used it)."""
+    parts = _digest_parts(cfg, plan)
+    loss = {"temperature": 0.1, "stride": 4, "block_size": 16}  # the older defaults
+    if plan.name == "global":
+        loss["temperature"] = cfg.train.global_loss.temperature
+    elif plan.name == "local":
+        loss = dataclasses.asdict(cfg.train.local_loss)
+    modes = [plan.local_mode] if plan.name == "local" and plan.local_mode != "self" else ["stride", "block", "full"]
+    return [_digest({**parts, "stage": {**parts["stage"], **loss, "mode": mode}}) for mode in modes]
 
 
 def _file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _check_reuse(folder: Path, digest: str, parent: Optional[Path]) -> None:
-    """Refuse a finished stage whose configuration, or whose parent stage, has changed since."""
+def _check_reuse(folder: Path, digest: str, parent: Optional[Path], older: Sequence[str] = ()) -> None:
+    """Refuse a finished stage whose configuration, or whose parent stage, has changed since
+    (`older`: the digests earlier versions wrote for the same settings)."""
     info = read_json(stage_files(folder).done)
-    if info.get("config_digest") != digest:
+    if info.get("config_digest") not in (digest, *older):
         raise TfSemisegError(
             f"{folder}: finished with a different configuration (digest {info.get('config_digest')} != {digest}); "
             "use another --out or config name, or delete that folder"
@@ -117,7 +142,7 @@ def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, stra
         parent = folders[plan.init_from] if plan.init_from is not None else None
         digest = _stage_digest(cfg, plan)
         if stage_finished(folder):
-            _check_reuse(folder, digest, parent)
+            _check_reuse(folder, digest, parent, _older_digests(cfg, plan))
             echo(f"[{plan.name}] already finished in {folder}")
             continue
         _run_stage(cfg, data, cell, plan, folder, parent, digest, strategy, echo)

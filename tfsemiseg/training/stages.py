@@ -97,7 +97,7 @@ class GlobalTask(UNetTask):
 class LocalTask(UNetTask):
     name = "local"
 
-    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, mode: str = "block", **kw: Any):
+    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, *, mode: str, **kw: Any):
         """`mode`: how the supervised local loss pools pixels, stride | block | full (the method's)."""
         super().__init__(cfg, cfg.train.local_stage, num_classes, len(arrays.labeled_images), **kw)
         self.images, self.labels = arrays.labeled_images, arrays.labeled_labels
