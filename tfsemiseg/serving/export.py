@@ -45,6 +45,11 @@ def serving_function(segmenter: keras.Model, image_size: int, mirror: bool = Fal
     return serve
 
 
+def _without_cases(report: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation report without its per-volume rows (metadata keeps the summaries)."""
+    return {k: v for k, v in report.items() if k != "cases"}
+
+
 @dataclass
 class Member:
     """One finished run (a method folder) that an exported model is made of."""
@@ -52,16 +57,13 @@ class Member:
     run_dir: Path
     result: dict[str, Any]
     weights: Path
-
-    @property
-    def config(self) -> Config:
-        return from_dict(self.result["config"])
+    config: Config
 
     def summary(self) -> dict[str, Any]:
         r = self.result
         return {"run": str(self.run_dir), "method": r["method"], "fold": r["fold"], "labeled_fraction": r["fraction"],
                 "labeled_cases": r.get("labeled_cases"), "seed": r.get("seed"),
-                "test_metrics": {k: v for k, v in r["metrics"].items() if k != "cases"}}
+                "test_metrics": _without_cases(r["metrics"])}
 
 
 def load_member(run_dir: Path) -> Member:
@@ -72,7 +74,8 @@ def load_member(run_dir: Path) -> Member:
             f"{run_dir}: not a finished run (needs {result_path.relative_to(run_dir)} and "
             f"{weights.relative_to(run_dir)}; give the method folder, e.g. runs/NAME/fold0/frac0.1/global+local-block)"
         )
-    return Member(Path(run_dir), read_json(result_path), weights)
+    result = read_json(result_path)
+    return Member(Path(run_dir), result, weights, from_dict(result["config"]))
 
 
 def _served_settings(m: Member) -> dict[str, Any]:
@@ -93,9 +96,9 @@ def check_members(members: Sequence[Member]) -> dict[str, Any]:
     return first
 
 
-def load_model(members: Sequence[Member]) -> keras.Model:
-    """The segmenter of one member, or the softmax-averaging ensemble of several (float32)."""
-    settings = check_members(members)
+def load_model(members: Sequence[Member], settings: dict[str, Any]) -> keras.Model:
+    """The segmenter of one member, or the softmax-averaging ensemble of several (float32);
+    `settings`: what `check_members` found they share."""
     k = len(settings["class_names"])
     segmenters = [load_segmenter(m.config, m.weights, k).segmenter for m in members]
     if len(segmenters) == 1:
@@ -115,13 +118,13 @@ def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Pa
     folds = {m.result["fold"] for m in members}
     if len(folds) != 1:
         raise TfSemisegError(f"the runs come from folds {sorted(folds)}: no test part is held out from all of them")
-    cfg, fold = members[0].config, folds.pop()
-    data = prepare_dataset(cfg, data_dir, run_root_of(members[0].run_dir))
+    cfg, fold, root = members[0].config, folds.pop(), run_root_of(members[0].run_dir)
+    data = prepare_dataset(cfg, data_dir, root)
     split = data.split(fold)
     for m in members:  # the same fold number of other splits would leak their training volumes
         if m.result.get("split_digest") != split.digest():
             raise TfSemisegError(f"{m.run_dir}: trained on another split than fold {fold} of "
-                                 f"{run_root_of(members[0].run_dir)} (split digest {m.result.get('split_digest')} != "
+                                 f"{root} (split digest {m.result.get('split_digest')} != "
                                  f"{split.digest()}); the runs of an evaluated model must share one split")
     return {part: evaluate_volumes(model, evaluation_volumes(data, split, part), data.class_names,
                                    mirror=cfg.evaluation.mirror) for part in parts}
@@ -133,7 +136,6 @@ def _metadata(members: Sequence[Member], settings: dict[str, Any],
     shared = {key: first[key] if all(m.result[key] == first[key] for m in members) else None
               for key in ("fold", "fraction")}
     labeled = sorted({c for m in members for c in (m.result.get("labeled_cases") or [])})
-    strip = (lambda report: {k: v for k, v in report.items() if k != "cases"})
     metadata = {
         **settings,
         "dataset": first.get("dataset"),
@@ -142,8 +144,8 @@ def _metadata(members: Sequence[Member], settings: dict[str, Any],
         "labeled_fraction": shared["fraction"],
         "labeled_volumes": len(labeled) if labeled else first["num_labeled_volumes"],
         "training_precision": {stage: info.get("precision") for stage, info in first.get("stages", {}).items()},
-        "test_metrics": strip(evaluation["test"]) if evaluation and "test" in evaluation else
-        (strip(first["metrics"]) if len(members) == 1 else None),
+        "test_metrics": _without_cases(evaluation["test"]) if evaluation and "test" in evaluation else
+        (_without_cases(first["metrics"]) if len(members) == 1 else None),
         "training_config": first["config"],
         "tfsemiseg_version": tfsemiseg.__version__,
         "signature": {
@@ -152,7 +154,7 @@ def _metadata(members: Sequence[Member], settings: dict[str, Any],
         },
     }
     if evaluation and "val" in evaluation:
-        metadata["val_metrics"] = strip(evaluation["val"])
+        metadata["val_metrics"] = _without_cases(evaluation["val"])
     if len(members) > 1:
         metadata["members"] = [m.summary() for m in members]
     return metadata
@@ -166,7 +168,7 @@ def export_run(run_dirs: Path | Sequence[Path], dest: Path, overwrite: bool = Fa
     run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
     members = [load_member(r) for r in run_dirs]
     settings = check_members(members)
-    model = load_model(members)
+    model = load_model(members, settings)
     evaluation = evaluate_members(model, members, data_dir, parts) if data_dir is not None else None
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from tfsemiseg.config import Config
-from tfsemiseg.data.prepared import PreparedData, evaluation_volumes, prepare_dataset, training_arrays
+from tfsemiseg.data.prepared import PreparedData, TrainingArrays, evaluation_volumes, prepare_dataset, training_arrays
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.evaluation import evaluate_volumes, format_report
 from tfsemiseg.io_utils import atomic_write_json, read_json
@@ -52,7 +52,7 @@ def _stage_digest(cfg: Config, plan: StagePlan) -> str:
     """Hash of every setting the stage's result depends on (to refuse stale reuse)."""
     parts = _digest_parts(cfg, plan)
     if plan.name in ("global", "local"):
-        parts["loss"] = cfg.to_dict()["train"][f"{plan.name}_loss"]
+        parts["loss"] = dataclasses.asdict(getattr(cfg.train, f"{plan.name}_loss"))
     return _digest(parts)
 
 
@@ -91,9 +91,9 @@ def _check_reuse(folder: Path, digest: str, parent: Optional[Path], older: Seque
         )
 
 
-def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, init, num_replicas: int) -> UNetTask:
+def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, arrays: TrainingArrays, init,
+               num_replicas: int) -> UNetTask:
     split = data.split(cell.fold)
-    arrays = training_arrays(data, split, cell.fraction)
     k = len(data.class_names)
     kw = {"init_from": init, "num_replicas": num_replicas}
     if plan.name == "global":
@@ -106,13 +106,13 @@ def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, ini
     return finetune(cfg, arrays, k, val_volumes=evaluation_volumes(data, split, "val"), **kw)
 
 
-def _run_stage(cfg: Config, data: PreparedData, cell: Cell, plan: StagePlan, folder: Path, parent: Optional[Path],
-               digest: str, strategy, echo: Echo) -> None:
+def _run_stage(cfg: Config, data: PreparedData, cell: Cell, arrays: TrainingArrays, plan: StagePlan, folder: Path,
+               parent: Optional[Path], digest: str, strategy, echo: Echo) -> None:
     """Train one stage in `folder` (resuming), then (the chief) write its weights and stage.json."""
     precision = resolve_precision(cfg.train.precision)
     init = (stage_files(parent).weights, REQUIRED_PARTS[plan.init_from]) if parent is not None else None
     with precision_policy(precision):
-        task = _make_task(cfg, plan, data, cell, init, strategy.num_replicas_in_sync)
+        task = _make_task(cfg, plan, data, cell, arrays, init, strategy.num_replicas_in_sync)
         echo(f"[{plan.name}] training in {folder} ({task.steps_per_epoch} steps/epoch, precision {precision})")
         trainer = Trainer(task, task.optim, folder, strategy, precision, cfg.train.seed)
         if task.transfer is not None:
@@ -137,6 +137,7 @@ def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, stra
     """
     plans = plan_until(cell.method, until)
     folders: dict[str, Path] = {}
+    arrays: Optional[TrainingArrays] = None
     for plan in plans:
         folder = folders[plan.name] = run.stage_dir(cell, plan.name)
         parent = folders[plan.init_from] if plan.init_from is not None else None
@@ -145,7 +146,9 @@ def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, stra
             _check_reuse(folder, digest, parent, _older_digests(cfg, plan))
             echo(f"[{plan.name}] already finished in {folder}")
             continue
-        _run_stage(cfg, data, cell, plan, folder, parent, digest, strategy, echo)
+        if arrays is None:  # built once, and only when a stage trains
+            arrays = training_arrays(data, data.split(cell.fold), cell.fraction)
+        _run_stage(cfg, data, cell, arrays, plan, folder, parent, digest, strategy, echo)
     if plans[-1].name != "finetune" or not worker_role(strategy)[0]:
         return None
     return evaluate_method(cfg, data, run, cell, echo)
