@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tfsemiseg.errors import TfSemisegError
-from tfsemiseg.layout import Cell, RunLayout, model_files, result_name, run_root_of, stage_files
+from tfsemiseg.layout import Cell, RunLayout, finished_cell_files, model_files, result_name, run_root_of, stage_files
 from tfsemiseg.training.plans import METHOD_HELP, METHODS, plan_until
 
 
@@ -36,6 +36,17 @@ def test_results_are_found_sorted(tmp_path):
     run.result(Cell(0, 0.05, "random"), "val").write_text("{}")  # not a test result
     assert [p.relative_to(tmp_path).as_posix() for p in run.results()] == [
         "fold0/frac0.05/random/result.json", "fold0/frac0.2/global/result.json", "fold1/frac0.1/random/result.json"]
+
+
+def test_an_exported_cell_uses_its_test_result_else_its_validation_result(tmp_path):
+    run = RunLayout(tmp_path)
+    cell = Cell(0, 0.05, "self-training")
+    folder = run.cell_dir(cell)
+    folder.mkdir(parents=True)
+    run.result(cell, "val").write_text("{}")  # evaluated on validation only, while choosing
+    assert finished_cell_files(folder) == (folder / "result_val.json", folder / "finetune" / "weights.npz")
+    run.result(cell).write_text("{}")  # then on test, once
+    assert finished_cell_files(folder)[0] == folder / "result.json"
 
 
 def test_stage_and_model_files():

@@ -25,7 +25,7 @@ def test_released_model_segments_held_out_volumes(model_dir, tmp_path):
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert (model_dir / "MODEL_CARD.md").is_file()
     size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
-    assert size < 10 * 2**20, f"{model_dir} is {size} bytes"
+    assert size < 20 * 2**20, f"{model_dir} is {size} bytes (the limit for a released model is 20 MB)"
     cfg = from_dict(meta["training_config"])
     desc = json.loads((REAL_DATA / "dataset.json").read_text())
     ids = [case_id_of(e["image"]) for e in desc["training"]]

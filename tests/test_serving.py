@@ -70,6 +70,10 @@ def test_saved_model_cli_lists_the_signature(trained_run):
     assert meta["class_names"] == ["background", "Anterior", "Posterior"]
     assert meta["slice_axis"] == 2 and meta["image_size"] == 32 and meta["labeled_fraction"] == 1.0
     assert "pooled_dice" in meta["test_metrics"] and meta["training_config"]["name"] == "tiny"
+    result = json.loads((trained_run["run_dir"] / "result.json").read_text())
+    assert meta["labeled_cases"] == sorted(result["labeled_cases"]) and len(meta["labeled_cases"]) > 0
+    card = (trained_run["model_dir"] / "MODEL_CARD.md").read_text()
+    assert "Labeled cases (their labels are the only ones used): " + ", ".join(meta["labeled_cases"]) in card
 
 
 def library_prediction(segmenter, slices: np.ndarray, size: int, mirror: bool = False):

@@ -215,13 +215,16 @@ def test_retrained_parent_stage_makes_later_stages_stale(phantom_dir, tmp_path):
     assert json.loads((cell / "result.json").read_text())["stages"]["global"]["epochs"] == 2
 
 
-def _older_digest(cfg, plan, mode: str) -> str:
+def _older_digest(cfg, plan, mode: str, spacing: bool = True) -> str:
     """The stage digest as the version before train.global_loss / train.local_loss wrote it:
-    the loss settings and a mode inside the stage's own section."""
+    the loss settings and a mode inside the stage's own section (`spacing=False`: as the
+    versions before data.spacing wrote it)."""
     import hashlib
 
     d = cfg.to_dict()
     d["data"].pop("cache_dir")
+    if not spacing:
+        d["data"].pop("spacing")
     train = d["train"]
     stage = dict(train[f"{plan.name}_stage"], temperature=0.1, mode="stride", stride=4, block_size=16)
     if plan.name in ("global", "local"):
@@ -236,8 +239,8 @@ def _older_digest(cfg, plan, mode: str) -> str:
 
 
 def test_finished_stages_of_the_previous_config_layout_are_reused(tmp_path):
-    """A stage.json written before the loss settings left the stage sections is accepted for the
-    same settings, and refused for other ones."""
+    """A stage.json written before the loss settings left the stage sections (and before
+    data.spacing existed) is accepted for the same settings, and refused for other ones."""
     from tfsemiseg.config import load_config
     from tfsemiseg.errors import TfSemisegError
     from tfsemiseg.training.methods import _check_reuse, _older_digests, _stage_digest
@@ -249,10 +252,14 @@ def test_finished_stages_of_the_previous_config_layout_are_reused(tmp_path):
     for method in ("global+local-block", "global+local-stride", "global+local-self", "tcsm", "random"):
         for plan in METHODS[method]:
             mode = plan.local_mode if plan.local_mode != "self" else "block"
-            old = _older_digest(cfg, plan, mode)
-            assert old != _stage_digest(cfg, plan) and old in _older_digests(cfg, plan), (method, plan)
-            (folder / "stage.json").write_text(json.dumps({"config_digest": old}))
-            _check_reuse(folder, _stage_digest(cfg, plan), None, _older_digests(cfg, plan))
+            for spacing in (True, False):
+                old = _older_digest(cfg, plan, mode, spacing)
+                assert old != _stage_digest(cfg, plan) and old in _older_digests(cfg, plan), (method, plan, spacing)
+                (folder / "stage.json").write_text(json.dumps({"config_digest": old}))
+                _check_reuse(folder, _stage_digest(cfg, plan), None, _older_digests(cfg, plan))
+    spaced = cfg.replace(**{"data.spacing": [1.0, 1.0, 1.0]})  # set: only the digests that hold it
+    plan = METHODS["random"][0]
+    assert _older_digest(spaced, plan, "block", spacing=False) not in _older_digests(spaced, plan)
     other = cfg.replace(**{"train.local_loss.temperature": 0.05})
     plan = METHODS["global+local-block"][1]
     (folder / "stage.json").write_text(json.dumps({"config_digest": _older_digest(cfg, plan, "block")}))

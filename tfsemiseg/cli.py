@@ -193,7 +193,7 @@ def run_options(fn):
     return config_option(fn)
 
 
-def _run(config_path, overrides, data_dir, fraction, fold, out, method, until=None):
+def _run(config_path, overrides, data_dir, fraction, fold, out, method, until=None, part="test"):
     from tfsemiseg.layout import Cell
     from tfsemiseg.training.methods import prepare_and_run
     from tfsemiseg.training.strategy import make_strategy
@@ -201,19 +201,27 @@ def _run(config_path, overrides, data_dir, fraction, fold, out, method, until=No
     cfg = load_with_overrides(config_path, overrides)
     cell = Cell(fold, fraction, method)
     strategy = make_strategy(cfg.train.devices)
-    return prepare_and_run(cfg, data_dir, run_layout(cfg, out), cell, strategy, click.echo, until)
+    return prepare_and_run(cfg, data_dir, run_layout(cfg, out), cell, strategy, click.echo, until, part)
+
+
+def evaluate_on_option(fn):
+    return click.option(
+        "--evaluate-on", "part", type=click.Choice(["test", "val"]), default="test", show_default=True,
+        help="Which part of the split to evaluate once trained: 'val' while choosing settings, 'test' once chosen.",
+    )(fn)
 
 
 @cli.command()
 @run_options
 @click.option("--method", required=True, help=METHOD_HELP)
+@evaluate_on_option
 @friendly_errors
-def run(config_path, overrides, data_dir, fraction, fold, out, method) -> None:
+def run(config_path, overrides, data_dir, fraction, fold, out, method, part) -> None:
     """Run every stage of one method (skipping finished stages), then evaluate on the test split.
 
     Stopped at any point, the same command resumes from the last checkpoint.
     """
-    _run(config_path, overrides, data_dir, fraction, fold, out, method)
+    _run(config_path, overrides, data_dir, fraction, fold, out, method, part=part)
 
 
 @cli.command("pretrain-global")
@@ -239,10 +247,11 @@ def pretrain_local(config_path, overrides, data_dir, fraction, fold, out, mode, 
 @cli.command()
 @run_options
 @click.option("--method", default="global+local-block", show_default=True, help="Whose pre-trained weights to fine-tune: " + METHOD_HELP)
+@evaluate_on_option
 @friendly_errors
-def finetune(config_path, overrides, data_dir, fraction, fold, out, method) -> None:
+def finetune(config_path, overrides, data_dir, fraction, fold, out, method, part) -> None:
     """Stage 3: fine-tune the U-Net on the labeled slices (runs missing earlier stages), then evaluate."""
-    _run(config_path, overrides, data_dir, fraction, fold, out, method, until="finetune")
+    _run(config_path, overrides, data_dir, fraction, fold, out, method, until="finetune", part=part)
 
 
 @cli.command()

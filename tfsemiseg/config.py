@@ -251,6 +251,35 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class SelfTrainingConfig:
+    """The `self-training` method (pseudo-labels; an extension, not in the paper's table).
+
+    Finished fine-tuned methods of the same fold and fraction (the teachers) label every
+    unlabeled train slice with the argmax of their mean softmax; a student trained from
+    random weights then sees, per step, one batch of labeled slices and one of pseudo-labeled
+    ones, both with the fine-tuning augmentation. An epoch is one pass over the labeled slices.
+    """
+
+    teachers: list[str] = field(default_factory=lambda: ["random"])  # methods, run first if missing
+    mirror: bool = True  # the teachers predict with test-time mirroring
+    pseudo_batch_size: int = 8  # pseudo-labeled slices per step beside the labeled batch
+    pseudo_weight: float = 1.0  # weight of their segmentation loss
+
+    def validate(self) -> None:
+        from tfsemiseg.training.plans import METHODS, canonical_method  # no TensorFlow
+
+        _check(len(self.teachers) >= 1, "teachers", "must name at least one method")
+        for name in self.teachers:
+            try:
+                method = canonical_method(name)
+            except Exception:
+                raise ConfigError(f"teachers: unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+            _check(method != "self-training", "teachers", "cannot include self-training itself")
+        _check(self.pseudo_batch_size >= 1, "pseudo_batch_size", "must be >= 1")
+        _check(self.pseudo_weight >= 0, "pseudo_weight", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Stages and the runtime they share."""
 
@@ -262,6 +291,7 @@ class TrainConfig:
     global_loss: GlobalLossConfig = field(default_factory=GlobalLossConfig)
     local_loss: LocalLossConfig = field(default_factory=LocalLossConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     devices: int = 0  # 0: all visible GPUs (or one CPU); N>1 on CPU: N logical CPU devices
     # auto: mixed_bfloat16 where the CPU (AMX-BF16, AVX512-BF16) or every GPU (compute capability
     # 8.0+) has native bfloat16, else float32; or float32 / mixed_float16 (GPUs, loss scaling) /
@@ -271,7 +301,8 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("global_stage", "local_stage", "finetune_stage", "global_loss", "local_loss", "baselines"):
+        for name in ("global_stage", "local_stage", "finetune_stage", "global_loss", "local_loss", "baselines",
+                     "self_training"):
             try:
                 getattr(self, name).validate()
             except ConfigError as exc:

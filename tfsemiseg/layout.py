@@ -115,9 +115,13 @@ def stage_files(folder: Path) -> StageFiles:
 
 
 def finished_cell_files(cell_dir: Path) -> tuple[Path, Path]:
-    """(result.json, finetune/weights.npz) of a method folder given directly (export)."""
+    """(result.json, finetune/weights.npz) of a method folder given directly (export); the
+    validation result (result_val.json) where the cell was evaluated on validation only."""
     cell_dir = Path(cell_dir)
-    return cell_dir / RESULT, stage_files(cell_dir / "finetune").weights
+    result = cell_dir / RESULT
+    if not result.is_file() and (cell_dir / result_name("val")).is_file():
+        result = cell_dir / result_name("val")
+    return result, stage_files(cell_dir / "finetune").weights
 
 
 def run_root_of(cell_dir: Path) -> Path:

@@ -63,7 +63,7 @@ class Member:
         r = self.result
         return {"run": str(self.run_dir), "method": r["method"], "fold": r["fold"], "labeled_fraction": r["fraction"],
                 "labeled_cases": r.get("labeled_cases"), "seed": r.get("seed"),
-                "test_metrics": _without_cases(r["metrics"])}
+                f"{r.get('part', 'test')}_metrics": _without_cases(r["metrics"])}
 
 
 def load_member(run_dir: Path) -> Member:
@@ -143,9 +143,10 @@ def _metadata(members: Sequence[Member], settings: dict[str, Any],
         "fold": shared["fold"],
         "labeled_fraction": shared["fraction"],
         "labeled_volumes": len(labeled) if labeled else first["num_labeled_volumes"],
+        "labeled_cases": labeled,
         "training_precision": {stage: info.get("precision") for stage, info in first.get("stages", {}).items()},
         "test_metrics": _without_cases(evaluation["test"]) if evaluation and "test" in evaluation else
-        (_without_cases(first["metrics"]) if len(members) == 1 else None),
+        (_without_cases(first["metrics"]) if len(members) == 1 and first.get("part", "test") == "test" else None),
         "training_config": first["config"],
         "tfsemiseg_version": tfsemiseg.__version__,
         "signature": {

@@ -41,6 +41,11 @@ def _metrics_section(meta: dict[str, Any], classes: list[str]) -> str:
     return "Not evaluated as one model (export with --data to do so); see each member's test metrics below.\n"
 
 
+def _labeled_cases(meta: dict[str, Any]) -> str:
+    cases = meta.get("labeled_cases")
+    return f"\n- Labeled cases (their labels are the only ones used): {', '.join(cases)}." if cases else ""
+
+
 def _members_section(meta: dict[str, Any]) -> str:
     members = meta.get("members")
     if not members:
@@ -81,7 +86,7 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
 - Data: {meta.get('dataset')}; licence: {licence}.
 - Split: {fold} of the seeded volume-level splits (ratios {cfg['split']['ratios']}, seed
   {cfg['split']['seed']}); {fraction} of the train volumes
-  ({meta['labeled_volumes']} volumes with labels); method `{meta['method']}`.
+  ({meta['labeled_volumes']} volumes with labels); method `{meta['method']}`.{_labeled_cases(meta)}
 - Preprocessing (inside the model): per-volume min-max to [0, 1], bilinear resize to the model size;
   probabilities resized back bilinearly.{mirror}
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from tfsemiseg.config import Config
+from tfsemiseg.config import Config, from_dict
 from tfsemiseg.data.prepared import PreparedData, TrainingArrays, evaluation_volumes, prepare_dataset, training_arrays
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.evaluation import evaluate_volumes, format_report
@@ -26,6 +26,7 @@ from tfsemiseg.training.baselines import LocalSelfTask, MixupTask, TCSMTask
 from tfsemiseg.training.engine import Trainer, stage_finished, write_stage_done
 from tfsemiseg.training.plans import METHODS, REQUIRED_PARTS, StagePlan, plan_until
 from tfsemiseg.training.precision import precision_policy, resolve_precision
+from tfsemiseg.training.self_training import SelfTrainingTask, Teacher, pseudo_labeled_arrays
 from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask, UNetTask
 from tfsemiseg.training.strategy import worker_barrier, worker_role
 
@@ -43,7 +44,9 @@ def _digest_parts(cfg: Config, plan: StagePlan) -> dict[str, Any]:
     parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
              "stage": train[f"{plan.name}_stage"], "seed": train["seed"],
              "plan": [plan.name, plan.init_from, plan.local_mode, plan.variant]}
-    if plan.variant or plan.local_mode == "self":
+    if plan.variant == "self-training":
+        parts["self_training"] = train["self_training"]
+    elif plan.variant or plan.local_mode == "self":
         parts["baselines"] = train["baselines"]
     return parts
 
@@ -57,9 +60,10 @@ def _stage_digest(cfg: Config, plan: StagePlan) -> str:
 
 
 def _older_digests(cfg: Config, plan: StagePlan) -> list[str]:
-    """The digests earlier versions wrote for the same settings, whose stage sections held the
-    loss settings and a mode (the method's for a supervised local stage; the configured one,
-    now unknown, for the others: every mode is accepted there, since no stage used it)."""
+    """The digests earlier versions wrote for the same settings: they had no `data.spacing`
+    (accepted when it is unset), and their stage sections held the loss settings and a mode
+    (the method's for a supervised local stage; the configured one, now unknown, for the
+    others: every mode is accepted there, since no stage used it)."""
     parts = _digest_parts(cfg, plan)
     loss = {"temperature": 0.1, "stride": 4, "block_size": 16}  # the older defaults
     if plan.name == "global":
@@ -67,7 +71,11 @@ def _older_digests(cfg: Config, plan: StagePlan) -> list[str]:
     elif plan.name == "local":
         loss = dataclasses.asdict(cfg.train.local_loss)
     modes = [plan.local_mode] if plan.name == "local" and plan.local_mode != "self" else ["stride", "block", "full"]
-    return [_digest({**parts, "stage": {**parts["stage"], **loss, "mode": mode}}) for mode in modes]
+    data = [parts["data"]]
+    if parts["data"].get("spacing") is None:  # versions before `data.spacing` existed
+        data.append({k: v for k, v in parts["data"].items() if k != "spacing"})
+    return [_digest({**parts, "data": d, "stage": {**parts["stage"], **loss, "mode": mode}})
+            for d in data for mode in modes]
 
 
 def _file_sha256(path: Path) -> str:
@@ -92,7 +100,7 @@ def _check_reuse(folder: Path, digest: str, parent: Optional[Path], older: Seque
 
 
 def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, arrays: TrainingArrays, init,
-               num_replicas: int) -> UNetTask:
+               num_replicas: int, teachers: Sequence[Teacher] = ()) -> UNetTask:
     split = data.split(cell.fold)
     k = len(data.class_names)
     kw = {"init_from": init, "num_replicas": num_replicas}
@@ -102,17 +110,22 @@ def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, arr
         if plan.local_mode == "self":
             return LocalSelfTask(cfg, arrays, k, **kw)
         return LocalTask(cfg, arrays, k, mode=plan.local_mode, **kw)
+    kw["val_volumes"] = evaluation_volumes(data, split, "val")
+    if plan.variant == "self-training":
+        return SelfTrainingTask(cfg, arrays, k, pseudo=pseudo_labeled_arrays(cfg, data, arrays, teachers), **kw)
     finetune = {None: FinetuneTask, "mixup": MixupTask, "tcsm": TCSMTask}[plan.variant]
-    return finetune(cfg, arrays, k, val_volumes=evaluation_volumes(data, split, "val"), **kw)
+    return finetune(cfg, arrays, k, **kw)
 
 
 def _run_stage(cfg: Config, data: PreparedData, cell: Cell, arrays: TrainingArrays, plan: StagePlan, folder: Path,
-               parent: Optional[Path], digest: str, strategy, echo: Echo) -> None:
+               parent: Optional[Path], digest: str, strategy, echo: Echo,
+               teachers: dict[str, Teacher] | None = None) -> None:
     """Train one stage in `folder` (resuming), then (the chief) write its weights and stage.json."""
     precision = resolve_precision(cfg.train.precision)
     init = (stage_files(parent).weights, REQUIRED_PARTS[plan.init_from]) if parent is not None else None
+    teachers = teachers or {}
     with precision_policy(precision):
-        task = _make_task(cfg, plan, data, cell, arrays, init, strategy.num_replicas_in_sync)
+        task = _make_task(cfg, plan, data, cell, arrays, init, strategy.num_replicas_in_sync, list(teachers.values()))
         echo(f"[{plan.name}] training in {folder} ({task.steps_per_epoch} steps/epoch, precision {precision})")
         trainer = Trainer(task, task.optim, folder, strategy, precision, cfg.train.seed)
         if task.transfer is not None:
@@ -125,15 +138,19 @@ def _run_stage(cfg: Config, data: PreparedData, cell: Cell, arrays: TrainingArra
             "split_digest": data.split(cell.fold).digest(),
             "init": task.transfer.summary() if task.transfer else "random", "precision": precision,
             "parent_weights_sha256": _file_sha256(stage_files(parent).weights) if parent is not None else None,
+            **({"teacher_weights_sha256": {m: _file_sha256(t.weights) for m, t in teachers.items()}} if teachers else {}),
+            "config": cfg.to_dict(),
         })
     worker_barrier(strategy)  # ... before any worker reads them
 
 
 def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, strategy, echo: Echo = print,
-               until: Optional[str] = None) -> Optional[dict[str, Any]]:
-    """Run (or resume) every stage of the cell's method, then evaluate on the test volumes.
+               until: Optional[str] = None, part: Optional[str] = "test") -> Optional[dict[str, Any]]:
+    """Run (or resume) every stage of the cell's method, then evaluate on the `part` volumes
+    (None: no evaluation).
 
     With `until`, stop after that stage (evaluating only if it is the fine-tuning stage).
+    Self-training first runs (or reuses) its teacher methods' cells in the same run folder.
     """
     plans = plan_until(cell.method, until)
     folders: dict[str, Path] = {}
@@ -142,16 +159,50 @@ def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, stra
         folder = folders[plan.name] = run.stage_dir(cell, plan.name)
         parent = folders[plan.init_from] if plan.init_from is not None else None
         digest = _stage_digest(cfg, plan)
+        teachers = _run_teachers(cfg, data, run, cell, strategy, echo) if plan.variant == "self-training" else {}
+        if teachers:  # a student is stale once a teacher has changed
+            digest = _digest({"stage": digest, "teachers": {m: _file_sha256(t.weights) for m, t in teachers.items()}})
         if stage_finished(folder):
             _check_reuse(folder, digest, parent, _older_digests(cfg, plan))
             echo(f"[{plan.name}] already finished in {folder}")
             continue
         if arrays is None:  # built once, and only when a stage trains
             arrays = training_arrays(data, data.split(cell.fold), cell.fraction)
-        _run_stage(cfg, data, cell, arrays, plan, folder, parent, digest, strategy, echo)
-    if plans[-1].name != "finetune" or not worker_role(strategy)[0]:
+        _run_stage(cfg, data, cell, arrays, plan, folder, parent, digest, strategy, echo, teachers)
+    if plans[-1].name != "finetune" or part is None or not worker_role(strategy)[0]:
         return None
-    return evaluate_method(cfg, data, run, cell, echo)
+    return evaluate_method(cfg, data, run, cell, echo, part)
+
+
+def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, strategy,
+                  echo: Echo) -> dict[str, Teacher]:
+    """Each teacher method's cell at the same fold and fraction: its fine-tuned weights and the
+    config it was trained with. A finished teacher is used as it is (the student's digest holds
+    its weights' hash); a missing one is run first with this config."""
+    teachers = {}
+    for name in cfg.train.self_training.teachers:
+        teacher = Cell(cell.fold, cell.fraction, name)
+        if stage_finished(run.stage_dir(teacher, "finetune")):
+            echo(f"[self-training] teacher {teacher}: finished in {run.cell_dir(teacher)}")
+        else:
+            echo(f"[self-training] teacher {teacher}: training it first")
+            run_method(cfg, data, run, teacher, strategy, echo, part=None)
+        tcfg = _trained_config(run, teacher) or cfg
+        for key in ("image_size", "slice_axis", "channel"):
+            if getattr(tcfg.data, key) != getattr(cfg.data, key):
+                raise TfSemisegError(f"{run.cell_dir(teacher)}: trained with data.{key} = {getattr(tcfg.data, key)!r}, "
+                                     f"not {getattr(cfg.data, key)!r}; a teacher must read the student's slices")
+        teachers[teacher.method] = Teacher(run.weights(teacher, "finetune"), tcfg)
+    return teachers
+
+
+def _trained_config(run: RunLayout, cell: Cell) -> Optional[Config]:
+    """The config a finished cell's fine-tuning stage was trained with (its stage.json, else its
+    result files, which older versions alone recorded it in), or None."""
+    for path in (run.stage_done(cell, "finetune"), run.result(cell), run.result(cell, "val")):
+        if path.is_file() and read_json(path).get("config"):
+            return from_dict(read_json(path)["config"])
+    return None
 
 
 def evaluate_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, echo: Echo = print,
@@ -171,7 +222,7 @@ def evaluate_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell,
     for plan in METHODS[cell.method]:
         info = read_json(run.stage_done(cell, plan.name))
         stages[plan.name] = {k: info.get(k) for k in ("seconds", "validation_seconds", "steps", "epochs", "last_loss",
-                                                      "best_val_dice", "init", "precision")}
+                                                      "best_val_dice", "init", "precision", "teacher_weights_sha256")}
     labeled = split.labeled(cell.fraction)
     result = {
         "method": cell.method, "fold": cell.fold, "fraction": cell.fraction, "part": part,
@@ -188,9 +239,9 @@ def evaluate_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell,
 
 
 def prepare_and_run(cfg: Config, data_dir: Path, run: RunLayout, cell: Cell, strategy, echo: Echo = print,
-                    until: Optional[str] = None) -> Optional[dict[str, Any]]:
+                    until: Optional[str] = None, part: str = "test") -> Optional[dict[str, Any]]:
     data = prepare_dataset(cfg, data_dir, run.root)
-    return run_method(cfg, data, run, cell, strategy, echo, until)
+    return run_method(cfg, data, run, cell, strategy, echo, until, part)
 
 
 def run_grid(cfg: Config, data_dir: Path, run: RunLayout, methods: list[str], fractions: list[float],

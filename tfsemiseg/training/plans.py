@@ -23,7 +23,7 @@ class StagePlan:
     name: str  # one of STAGE_NAMES
     init_from: Optional[str] = None  # an earlier stage of the same plan, or None: random weights
     local_mode: Optional[str] = None  # local stage: stride | block | full (supervised) | self
-    variant: Optional[str] = None  # fine-tuning stage: None | mixup | tcsm
+    variant: Optional[str] = None  # fine-tuning stage: None | mixup | tcsm | self-training
 
 
 # The U-Net parts a stage must find in the weights it starts from.
@@ -38,7 +38,9 @@ def _local(mode: str, after_global: bool) -> list[StagePlan]:
     return first + [StagePlan("local", init, mode), StagePlan("finetune", "local")]
 
 
-# In the order of the paper's Table 1 (its baselines, then its method), global+local-full last.
+# In the order of the paper's Table 1 (its baselines, then its method), then global+local-full
+# and self-training (pseudo-labels from other methods' models: train.self_training), which
+# the paper does not have.
 METHODS: dict[str, list[StagePlan]] = {
     "random": [StagePlan("finetune")],
     "global": [StagePlan("global"), StagePlan("finetune", "global")],
@@ -50,6 +52,7 @@ METHODS: dict[str, list[StagePlan]] = {
     "global+local-stride": _local("stride", True),
     "global+local-block": _local("block", True),
     "global+local-full": _local("full", True),
+    "self-training": [StagePlan("finetune", variant="self-training")],
 }
 
 METHOD_HELP = (", ".join(METHODS) + " (the paper's spelling, e.g. 'global+local(block)', works too).")

@@ -1,0 +1,107 @@
+"""Self-training: pseudo-labels against numpy, the settings' checks, and the method end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import REPO
+from tfsemiseg.errors import ConfigError, TfSemisegError
+
+
+def _tiny_model(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    return keras.Model(x, keras.layers.Conv2D(3, 3, padding="same")(h))
+
+
+def _numpy_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_pseudo_labels_are_the_argmax_of_the_teachers_mean_mirrored_softmax():
+    from tfsemiseg.training.self_training import pseudo_labels
+
+    teachers = [_tiny_model(1), _tiny_model(2)]
+    images = np.random.default_rng(0).random((5, 8, 8)).astype(np.float32)
+    mean = np.zeros((5, 8, 8, 3))
+    for t in teachers:
+        for axes in [(), (1,), (2,), (1, 2)]:  # flip, predict, flip back
+            flipped = np.flip(images, axes) if axes else images
+            probs = _numpy_softmax(np.asarray(t(flipped[..., None], training=False), np.float64))
+            mean += (np.flip(probs, axes) if axes else probs) / 8
+    got = pseudo_labels(teachers, images, mirror=True)
+    assert got.dtype == np.uint8 and got.shape == (5, 8, 8)
+    margin = np.sort(mean, -1)[..., -1] - np.sort(mean, -1)[..., -2]
+    sure = margin > 1e-5  # float32 ties aside
+    np.testing.assert_array_equal(got[sure], mean.argmax(-1)[sure])
+    assert sure.mean() > 0.95
+    single = pseudo_labels(teachers[:1], images, mirror=False)
+    ref = _numpy_softmax(np.asarray(teachers[0](images[..., None], training=False), np.float64)).argmax(-1)
+    assert (single == ref).mean() > 0.99
+
+
+@pytest.mark.parametrize("teachers, message", [
+    (["self-training"], "self-training itself"),
+    (["randm"], "unknown method 'randm'"),
+    ([], "at least one method"),
+])
+
+
+def test_bad_teachers_are_refused_with_the_key(teachers, message):
+    from tfsemiseg.config import load_config
+
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(REPO / "configs" / "tiny.yaml").replace(**{"train.self_training.teachers": teachers})
+    assert "train.self_training.teachers" in str(info.value)
+
+
+def test_self_training_runs_its_teacher_first_reuses_it_and_refuses_a_changed_one(tmp_path):
+    from tfsemiseg.config import load_config
+    from tfsemiseg.data.phantom import make_phantom
+    from tfsemiseg.data.prepared import prepare_dataset
+    from tfsemiseg.layout import Cell, RunLayout
+    from tfsemiseg.training.methods import run_method
+    from tfsemiseg.training.strategy import make_strategy
+
+    data_dir = make_phantom(tmp_path / "data", num_train=8, num_test=1, shape=(20, 24, 12), seed=1)
+    cfg = load_config(REPO / "configs" / "tiny.yaml").replace(**{
+        "data.cache_dir": str(tmp_path / "cache"), "data.image_size": 16,
+        "model.depth": 2, "model.base_width": 4,
+        "train.finetune_stage.epochs": 1, "train.finetune_stage.batch_size": 4,
+        "train.finetune_stage.validate_every_epochs": 1, "train.self_training.pseudo_batch_size": 2,
+    })
+    run = RunLayout(tmp_path / "run")
+    data = prepare_dataset(cfg, data_dir, run.root)
+    strategy, quiet = make_strategy(0), (lambda s: None)
+    cell = Cell(0, 0.5, "self-training")
+    result = run_method(cfg, data, run, cell, strategy, quiet, part="val")
+    assert result["method"] == "self-training" and result["part"] == "val"
+    teacher = run.weights(Cell(0, 0.5, "random"), "finetune")
+    assert teacher.is_file() and not run.result(Cell(0, 0.5, "random")).exists()  # trained, not evaluated
+    info = json.loads(run.stage_done(cell, "finetune").read_text())
+
+    assert info["teacher_weights_sha256"] == {"random": hashlib.sha256(teacher.read_bytes()).hexdigest()}
+    assert info["config"]["train"]["self_training"]["teachers"] == ["random"]
+    run_method(cfg, data, run, cell, strategy, quiet, part=None)  # finished: reused
+    # a student with another seed and width learns from the finished teacher as it is
+    shutil.rmtree(run.cell_dir(cell))
+    before = teacher.read_bytes()
+    other = cfg.replace(**{"train.seed": 1, "model.base_width": 2})
+    run_method(other, data, run, cell, strategy, quiet, part=None)
+    assert teacher.read_bytes() == before
+    assert json.loads(run.stage_done(cell, "finetune").read_text())["config"]["model"]["base_width"] == 2
+    # a teacher changed since makes the student stale
+    weights = dict(np.load(teacher))
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1.0
+    np.savez(teacher, **weights)
+    with pytest.raises(TfSemisegError, match="different configuration"):
+        run_method(other, data, run, cell, strategy, quiet, part=None)

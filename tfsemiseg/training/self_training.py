@@ -1,0 +1,82 @@
+"""Self-training: a student learns from the labeled slices and from pseudo-labels.
+
+The teachers are finished fine-tuned models of the same fold and fraction (any methods,
+`train.self_training.teachers`, each loaded with the config it was trained with, so the
+student may differ from them in width, seed or schedule); the argmax of their mean softmax labels every slice of
+the split's unlabeled train volumes (and of the extra unlabeled volumes when the config
+adds them). Validation and test volumes are never pseudo-labeled. The student starts from
+random weights; each step it sees one augmented batch of labeled slices and one of
+pseudo-labeled slices:
+
+    loss = segmentation_loss(labeled) + pseudo_weight * segmentation_loss(pseudo-labeled)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfsemiseg.config import Config
+from tfsemiseg.data.pipelines import finetune_dataset
+from tfsemiseg.data.prepared import PreparedData, TrainingArrays
+from tfsemiseg.errors import TfSemisegError
+from tfsemiseg.inference import predict_probabilities
+from tfsemiseg.losses import segmentation_loss
+from tfsemiseg.models.transfer import load_segmenter
+from tfsemiseg.training.stages import FinetuneTask
+from tfsemiseg.training.strategy import replica_gather
+
+
+def pseudo_labels(teachers: Sequence[keras.Model], images: np.ndarray, mirror: bool = True) -> np.ndarray:
+    """Slices images [N, H, W] -> uint8 labels [N, H, W]: argmax of the teachers' mean softmax
+    (each with test-time mirroring when `mirror`)."""
+    mean = sum(predict_probabilities(t, images, mirror=mirror) for t in teachers) / len(teachers)
+    return np.argmax(mean, axis=-1).astype(np.uint8)
+
+
+class Teacher(NamedTuple):
+    """A finished fine-tuned model: its weights and the config it was trained with."""
+
+    weights: Path
+    config: Config
+
+
+def pseudo_labeled_arrays(cfg: Config, data: PreparedData, arrays: TrainingArrays,
+                          teachers: Sequence[Teacher]) -> tuple[np.ndarray, np.ndarray]:
+    """The unlabeled train slices float32 [N, H, W] and their pseudo-labels uint8 [N, H, W]."""
+    if not arrays.unlabeled_cases:
+        raise TfSemisegError("self-training needs unlabeled train volumes; this labeled fraction has none")
+    images = np.concatenate([data.volumes[c].image for c in arrays.unlabeled_cases], 0).astype(np.float32)
+    k = len(data.class_names)
+    teachers = [load_segmenter(t.config, t.weights, k).segmenter for t in teachers]
+    return images, pseudo_labels(teachers, images, cfg.train.self_training.mirror)
+
+
+class SelfTrainingTask(FinetuneTask):
+    """Fine-tuning from random weights on labeled + pseudo-labeled batches (see the module)."""
+
+    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, *,
+                 pseudo: tuple[np.ndarray, np.ndarray], **kw: Any):
+        super().__init__(cfg, arrays, num_classes, **kw)
+        self.pseudo_images, self.pseudo_labels = pseudo
+        self.settings = cfg.train.self_training
+        self.images_per_step = self.optim.batch_size + self.settings.pseudo_batch_size
+
+    def dataset(self, seed: int) -> tf.data.Dataset:
+        det = self.cfg.train.deterministic
+        labeled = finetune_dataset(self.images, self.labels, self.optim.batch_size, self.cfg.augment, seed, det)
+        pseudo = finetune_dataset(self.pseudo_images, self.pseudo_labels, self.settings.pseudo_batch_size,
+                                  self.cfg.augment, seed + 7, det)
+        return tf.data.Dataset.zip((labeled, pseudo))
+
+    def loss(self, batch, seed):
+        (x_l, y_l), (x_p, y_p) = batch
+        n_l = tf.shape(x_l)[0]
+        logits = self.unet.segmenter(tf.concat([x_l, x_p], 0), training=True)
+        sup = segmentation_loss(replica_gather(logits[:n_l]), replica_gather(y_l), self.num_classes)
+        pseudo = segmentation_loss(replica_gather(logits[n_l:]), replica_gather(y_p), self.num_classes)
+        return sup + self.settings.pseudo_weight * pseudo, n_l
