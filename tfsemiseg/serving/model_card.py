@@ -50,11 +50,16 @@ def _members_section(meta: dict[str, Any]) -> str:
     members = meta.get("members")
     if not members:
         return ""
-    rows = [f"| `{m['method']}` | {m['fold']} | {m['labeled_fraction']:g} | {m.get('seed')} | "
-            f"{_num((m.get('test_metrics') or {}).get('pooled_dice', {}).get('mean'))} | `{m['run']}` |"
+    def own(m: dict[str, Any]) -> str:  # the member's own evaluation: test, else validation while choosing
+        for part, tag in (("test", ""), ("val", " (validation)")):
+            if m.get(f"{part}_metrics"):
+                return _num(m[f"{part}_metrics"].get("pooled_dice", {}).get("mean")) + tag
+        return "n/a"
+
+    rows = [f"| `{m['method']}` | {m['fold']} | {m['labeled_fraction']:g} | {m.get('seed')} | {own(m)} | `{m['run']}` |"
             for m in members]
     return ("\n## Members\nThe model averages the softmax of these runs inside the graph:\n\n"
-            "| method | fold | labeled fraction | seed | its own test pooled Dice | run folder |\n"
+            "| method | fold | labeled fraction | seed | its own pooled Dice (test, else validation) | run folder |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
