@@ -53,8 +53,6 @@ def test_pseudo_labels_are_the_argmax_of_the_teachers_mean_mirrored_softmax():
     (["randm"], "unknown method 'randm'"),
     ([], "at least one method"),
 ])
-
-
 def test_bad_teachers_are_refused_with_the_key(teachers, message):
     from tfsemiseg.config import load_config
 
@@ -87,7 +85,6 @@ def test_self_training_runs_its_teacher_first_reuses_it_and_refuses_a_changed_on
     teacher = run.weights(Cell(0, 0.5, "random"), "finetune")
     assert teacher.is_file() and not run.result(Cell(0, 0.5, "random")).exists()  # trained, not evaluated
     info = json.loads(run.stage_done(cell, "finetune").read_text())
-
     assert info["teacher_weights_sha256"] == {"random": hashlib.sha256(teacher.read_bytes()).hexdigest()}
     assert info["config"]["train"]["self_training"]["teachers"] == ["random"]
     run_method(cfg, data, run, cell, strategy, quiet, part=None)  # finished: reused

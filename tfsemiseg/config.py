@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from tfsemiseg.errors import ConfigError
+from tfsemiseg.errors import ConfigError, TfSemisegError
 
 
 # --------------------------------------------------------------------------- sections
@@ -272,7 +272,7 @@ class SelfTrainingConfig:
         for name in self.teachers:
             try:
                 method = canonical_method(name)
-            except Exception:
+            except TfSemisegError:
                 raise ConfigError(f"teachers: unknown method {name!r}; choose from {', '.join(METHODS)}") from None
             _check(method != "self-training", "teachers", "cannot include self-training itself")
         _check(self.pseudo_batch_size >= 1, "pseudo_batch_size", "must be >= 1")

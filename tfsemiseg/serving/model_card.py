@@ -50,6 +50,7 @@ def _members_section(meta: dict[str, Any]) -> str:
     members = meta.get("members")
     if not members:
         return ""
+
     def own(m: dict[str, Any]) -> str:  # the member's own evaluation: test, else validation while choosing
         for part, tag in (("test", ""), ("val", " (validation)")):
             if m.get(f"{part}_metrics"):

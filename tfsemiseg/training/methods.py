@@ -138,7 +138,7 @@ def _run_stage(cfg: Config, data: PreparedData, cell: Cell, arrays: TrainingArra
             "split_digest": data.split(cell.fold).digest(),
             "init": task.transfer.summary() if task.transfer else "random", "precision": precision,
             "parent_weights_sha256": _file_sha256(stage_files(parent).weights) if parent is not None else None,
-            **({"teacher_weights_sha256": {m: _file_sha256(t.weights) for m, t in teachers.items()}} if teachers else {}),
+            **({"teacher_weights_sha256": {m: t.sha256 for m, t in teachers.items()}} if teachers else {}),
             "config": cfg.to_dict(),
         })
     worker_barrier(strategy)  # ... before any worker reads them
@@ -161,7 +161,7 @@ def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, stra
         digest = _stage_digest(cfg, plan)
         teachers = _run_teachers(cfg, data, run, cell, strategy, echo) if plan.variant == "self-training" else {}
         if teachers:  # a student is stale once a teacher has changed
-            digest = _digest({"stage": digest, "teachers": {m: _file_sha256(t.weights) for m, t in teachers.items()}})
+            digest = _digest({"stage": digest, "teachers": {m: t.sha256 for m, t in teachers.items()}})
         if stage_finished(folder):
             _check_reuse(folder, digest, parent, _older_digests(cfg, plan))
             echo(f"[{plan.name}] already finished in {folder}")
@@ -192,7 +192,8 @@ def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, s
             if getattr(tcfg.data, key) != getattr(cfg.data, key):
                 raise TfSemisegError(f"{run.cell_dir(teacher)}: trained with data.{key} = {getattr(tcfg.data, key)!r}, "
                                      f"not {getattr(cfg.data, key)!r}; a teacher must read the student's slices")
-        teachers[teacher.method] = Teacher(run.weights(teacher, "finetune"), tcfg)
+        weights = run.weights(teacher, "finetune")
+        teachers[teacher.method] = Teacher(weights, _file_sha256(weights), tcfg)
     return teachers
 
 
@@ -200,8 +201,9 @@ def _trained_config(run: RunLayout, cell: Cell) -> Optional[Config]:
     """The config a finished cell's fine-tuning stage was trained with (its stage.json, else its
     result files, which older versions alone recorded it in), or None."""
     for path in (run.stage_done(cell, "finetune"), run.result(cell), run.result(cell, "val")):
-        if path.is_file() and read_json(path).get("config"):
-            return from_dict(read_json(path)["config"])
+        config = read_json(path).get("config") if path.is_file() else None
+        if config:
+            return from_dict(config)
     return None
 
 

@@ -1,10 +1,10 @@
 """Self-training: a student learns from the labeled slices and from pseudo-labels.
 
 The teachers are finished fine-tuned models of the same fold and fraction (any methods,
-`train.self_training.teachers`, each loaded with the config it was trained with, so the
-student may differ from them in width, seed or schedule); the argmax of their mean softmax labels every slice of
-the split's unlabeled train volumes (and of the extra unlabeled volumes when the config
-adds them). Validation and test volumes are never pseudo-labeled. The student starts from
+`train.self_training.teachers`), each loaded with the config it was trained with, so the
+student may differ from them in width, seed or schedule. The argmax of their mean softmax
+labels every slice of the split's unlabeled train volumes (and of the extra unlabeled
+volumes when the config adds them). Validation and test volumes are never pseudo-labeled. The student starts from
 random weights; each step it sees one augmented batch of labeled slices and one of
 pseudo-labeled slices:
 
@@ -39,9 +39,10 @@ def pseudo_labels(teachers: Sequence[keras.Model], images: np.ndarray, mirror: b
 
 
 class Teacher(NamedTuple):
-    """A finished fine-tuned model: its weights and the config it was trained with."""
+    """A finished fine-tuned model: its weights, their sha256 and the config it was trained with."""
 
     weights: Path
+    sha256: str
     config: Config
 
 
