@@ -71,8 +71,10 @@ def _compare(reference: Path, other: Path, init: Path) -> tuple[list[str], float
 
 
 # fine-tune with clip_norm far below the gradient norm: also checks that the replicas'
-# summed gradient is clipped, not each replica's part
-STAGES = ("global", "local-stride", "local-block", "local-full", "local-self", "finetune+clip", "mixup", "tcsm")
+# summed gradient is clipped, not each replica's part. One supervised local mode stands
+# for the three: they share the step and the loss (`_pooled_loss` on the replica-gathered
+# features) and differ only in which pixels form a pool, which test_losses_local checks.
+STAGES = ("global", "local-block", "local-self", "finetune+clip", "mixup", "tcsm")
 
 
 def _implied_gradient_norm(after: Path, init: Path, lr: float) -> float:
@@ -90,8 +92,8 @@ def _implied_gradient_norm(after: Path, init: Path, lr: float) -> float:
 
 def test_two_devices_match_one_device_for_every_stage(tmp_path) -> None:
     """One step on the same global batch: same loss, same weights (BatchNorm statistics
-    included), for every stage of every method: global, local (stride, block, full and
-    the self-supervised one), fine-tune, mixup (one lambda and one permutation of the
+    included), for every stage of every method: global, local (block for the three
+    supervised modes, and the self-supervised one), fine-tune, mixup (one lambda and one permutation of the
     global batch) and TCSM (one transform, noise drawn for the global batch; the
     teacher's weights are compared); and a skipped local step changes nothing on 2
     devices either."""
@@ -136,25 +138,43 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_multi_worker_mirrored_strategy_two_workers_end_with_identical_weights(tmp_path) -> None:
+MULTI_WORKER_STAGES = ("global", "finetune+clip")  # clipped: the summed gradient of both workers is clipped
+FIT_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def multi_worker_run(tmp_path_factory) -> dict:
+    """Two worker processes (MultiWorkerMirroredStrategy on 127.0.0.1), started once for
+    both tests below: one step of each of MULTI_WORKER_STAGES on the fixed global batch,
+    then FIT_STEPS steps of fine-tuning through `Trainer.fit` in one stage folder; and the
+    single-process run of the same steps, in this process while the workers run."""
+    tmp = tmp_path_factory.mktemp("multi_worker")
+    init = tmp / "init"
+    engine_step.write_init(init)
     ports = ",".join(map(str, _free_ports(2)))
-    steps = 3
     procs = [
         subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "multiworker.py"), "--index", str(i), "--ports", ports,
-             "--out", str(tmp_path), "--steps", str(steps)],
+            [sys.executable, str(SCRIPTS / "multiworker_step.py"), "--index", str(i), "--ports", ports,
+             "--init", str(init), "--out", str(tmp / f"worker{i}"), "--stages", ",".join(MULTI_WORKER_STAGES),
+             "--fit-out", str(tmp / "fit"), "--fit-steps", str(FIT_STEPS)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
         for i in range(2)
     ]
-    _, outputs = _while_running(procs, lambda: None)
-    results = [_result(out) for out, _ in outputs]
+    one, outputs = _while_running(procs, lambda: engine_step.run_stages(
+        tf.distribute.get_strategy(), init, tmp / "one", MULTI_WORKER_STAGES))
+    return {"tmp": tmp, "init": init, "one": one, "workers": [_result(out) for out, _ in outputs]}
+
+
+def test_multi_worker_mirrored_strategy_two_workers_end_with_identical_weights(multi_worker_run) -> None:
+    tmp = multi_worker_run["tmp"] / "fit"
+    results = [r["fit"] for r in multi_worker_run["workers"]]
     for i, r in enumerate(results):
         assert r["index"] == i and r["replicas"] == 2
-        assert r["steps"] == steps and r["iterations"] == steps
+        assert r["steps"] == FIT_STEPS and r["iterations"] == FIT_STEPS
         assert np.isfinite(r["loss"])
     assert results[0]["loss"] == results[1]["loss"]
-    w0, w1 = np.load(tmp_path / "worker0.npz"), np.load(tmp_path / "worker1.npz")
-    init = np.load(tmp_path / "worker0_init.npz")
+    w0, w1 = np.load(tmp / "worker0.npz"), np.load(tmp / "worker1.npz")
+    init = np.load(tmp / "worker0_init.npz")
     assert sorted(w0.files) == sorted(w1.files) and len(w0.files) > 0
     differ = [k for k in w0.files if not np.array_equal(w0[k], w1[k])]
     assert not differ, f"the workers' weights differ: {differ}"
@@ -162,36 +182,22 @@ def test_multi_worker_mirrored_strategy_two_workers_end_with_identical_weights(t
     # one stage folder: worker 0 (the chief) alone wrote checkpoints, log and summaries;
     # worker 1's scratch checkpoints are gone
     assert [r["chief"] for r in results] == [True, False]
-    stage = tmp_path / "stage"
+    stage = tmp / "stage"
     assert (stage / "checkpoints" / "checkpoint").is_file() and (stage / "train.log").is_file()
     assert len(list((stage / "tb").iterdir())) == 1
     assert sorted(p.name for p in stage.iterdir()) == ["checkpoints", "tb", "train.log"]
 
 
-def test_multi_worker_contrastive_and_finetune_steps_match_one_process(tmp_path) -> None:
-    """Two worker processes (MultiWorkerMirroredStrategy on 127.0.0.1) take one step of the
-    global stage (NT-Xent over the batch gathered across the workers) and of fine-tuning
-    (with gradient clipping) on a fixed global batch; each worker's loss and weights equal
-    a single-process run's."""
-    stages = ("global", "finetune+clip")  # clipped: the summed gradient of both workers is clipped
-    init = tmp_path / "init"
-    engine_step.write_init(init)
-    ports = ",".join(map(str, _free_ports(2)))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "multiworker_step.py"), "--index", str(i), "--ports", ports,
-             "--init", str(init), "--out", str(tmp_path / f"worker{i}"), "--stages", ",".join(stages)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-        for i in range(2)
-    ]
-    one, outputs = _while_running(procs, lambda: engine_step.run_stages(
-        tf.distribute.get_strategy(), init, tmp_path / "one", stages))
-    for i, (out, _) in enumerate(outputs):
-        r = _result(out)
+def test_multi_worker_contrastive_and_finetune_steps_match_one_process(multi_worker_run) -> None:
+    """Each worker's loss and weights after one step of the global stage (NT-Xent over the
+    batch gathered across the workers) and of fine-tuning (with gradient clipping) on a
+    fixed global batch equal a single-process run's."""
+    tmp, init, one = multi_worker_run["tmp"], multi_worker_run["init"], multi_worker_run["one"]
+    for i, r in enumerate(multi_worker_run["workers"]):
         assert r["index"] == i and r["replicas"] == 2
-        for stage in stages:
+        for stage in MULTI_WORKER_STAGES:
             assert np.isclose(r["stages"][stage]["loss"], one[stage]["loss"], rtol=1e-5, atol=1e-6), (i, stage)
-            bad, moved = _compare(tmp_path / "one" / f"{stage}_after.npz", tmp_path / f"worker{i}" / f"{stage}_after.npz",
+            bad, moved = _compare(tmp / "one" / f"{stage}_after.npz", tmp / f"worker{i}" / f"{stage}_after.npz",
                                   init / f"{engine_step.MODEL_OF[stage.split('+')[0]]}_init.npz")
             assert not bad, f"worker {i}, {stage}: weights differ from one process: {bad}"
             assert moved > 100 * ATOL, stage

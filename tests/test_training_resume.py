@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL mid-epoch resumes from its last checkpoint with the same command."""
+"""A run killed with SIGKILL mid-epoch resumes from its last checkpoint with the same command;
+a retrained parent stage makes the stages after it stale; older stage digests are reused."""
 
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ import yaml
 from conftest import REPO
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
-STEPS_PER_EPOCH = 30  # 3 labeled volumes (half of the 6 train volumes) x 20 slices / batch 2
-EPOCHS = 2
-CKPT_EVERY = 4
+FINETUNE_STEPS_PER_EPOCH = 30  # 3 labeled volumes (half of the 6 train volumes) x 20 slices / batch 2
 
 
 def _latest_checkpoint_step(checkpoints: Path) -> int:
@@ -29,53 +28,6 @@ def _latest_checkpoint_step(checkpoints: Path) -> int:
         return 0
     match = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', text, re.M)
     return int(match.group(1)) if match else 0
-
-
-def test_sigkill_mid_epoch_then_the_same_command_resumes_and_finishes(phantom_dir, tmp_path) -> None:
-    config = {
-        "name": "killed",
-        "output_dir": str(tmp_path / "runs"),
-        "data": {"image_size": 32, "cache_dir": str(tmp_path / "cache")},
-        "split": {"ratios": [3, 1, 1], "num_folds": 1},
-        "model": {"depth": 2, "base_width": 4},
-        "train": {"seed": 0, "finetune_stage": {
-            "epochs": EPOCHS, "batch_size": 2, "learning_rate": 1e-3,
-            "checkpoint_every_steps": CKPT_EVERY, "validate_every_epochs": 1}},
-    }
-    config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    args = ["run", "--config", str(config_path), "--data", str(phantom_dir),
-            "--method", "random", "--fraction", "0.5", "--fold", "0"]
-    stage_dir = tmp_path / "runs" / "killed" / "fold0" / "frac0.5" / "random" / "finetune"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TFSEMISEG_STEP_DELAY": "0.1"}
-
-    # 1. the run, with steps slowed down to 0.1 s, killed once a mid-epoch checkpoint exists
-    log1 = tmp_path / "first.log"
-    _run_until(args, tmp_path, env, log1, lambda: _latest_checkpoint_step(stage_dir / "checkpoints") > 0,
-               "a checkpoint")
-    killed_at = _latest_checkpoint_step(stage_dir / "checkpoints")
-    assert f"({STEPS_PER_EPOCH} steps/epoch" in log1.read_text()
-    assert 0 < killed_at < STEPS_PER_EPOCH, killed_at  # mid-epoch: in the first epoch
-    assert not (stage_dir / "stage.json").exists()
-
-    # 2. the same command, not slowed down, resumes from there and finishes
-    env.pop("TFSEMISEG_STEP_DELAY")
-    run = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    resumed = re.findall(r"resumed from \S+ckpt-(\d+) at step (\d+), epoch (\d+)", run.stderr)
-    assert resumed, run.stderr[-3000:]
-    ckpt, step, epoch = map(int, resumed[0])
-    assert ckpt == step == killed_at and epoch == 0
-    assert "resumed from" in (stage_dir / "train.log").read_text()
-
-    stage = json.loads((stage_dir / "stage.json").read_text())
-    assert stage["steps"] == EPOCHS * STEPS_PER_EPOCH and stage["epochs"] == EPOCHS
-    assert [row["epoch"] for row in stage["history"]] == [1, 2]  # the epochs of the resumed process
-    assert (stage_dir / "weights.npz").is_file()
-    result = json.loads((stage_dir.parent / "result.json").read_text())
-    assert result["method"] == "random" and result["fraction"] == 0.5
-    assert 0.0 <= result["metrics"]["pooled_dice"]["mean"] <= 1.0
 
 
 # --------------------------------------------------------------------------- every stage, and export
@@ -124,9 +76,11 @@ def _run_until(args: list[str], cwd: Path, env: dict, log: Path, ready, what: st
 
 
 def test_sigkill_inside_every_stage_and_export_then_rerun_matches_an_uninterrupted_run(phantom_dir, tmp_path):
-    """Killed once inside the global, the local and the fine-tuning stage, then inside
-    export: re-running the same commands finishes, with the weights of an uninterrupted
-    run, and no partial SavedModel is ever where `predict` would load it.
+    """Killed once inside the global, the local and the fine-tuning stage (at its first
+    checkpoint, mid-epoch), then inside export: re-running the same commands finishes,
+    with the weights of an uninterrupted run, and no partial SavedModel is ever where
+    `predict` would load it. The killed run has no --out: it goes to the config's
+    output_dir/name.
 
     Every op on this path is deterministic on the CPU with a fixed data order
     (`train.deterministic`), so the weights are compared for equality up to float32
@@ -136,34 +90,48 @@ def test_sigkill_inside_every_stage_and_export_then_rerun_matches_an_uninterrupt
 
     cfg = _three_stage_config(tmp_path)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    runs = {name: ["run", "--config", str(cfg), "--data", str(phantom_dir), "--method", "global+local-block",
-                   "--fraction", "0.5", "--fold", "0", "--out", str(tmp_path / name)]
-            for name in ("uninterrupted", "killed")}
-    plain = subprocess.run([sys.executable, str(REPO / "cli.py"), *runs["uninterrupted"]], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=400)
+    common = ["run", "--config", str(cfg), "--data", str(phantom_dir), "--method", "global+local-block",
+              "--fraction", "0.5", "--fold", "0"]
+    plain = subprocess.run([sys.executable, str(REPO / "cli.py"), *common, "--out", str(tmp_path / "uninterrupted")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
 
-    cell = tmp_path / "killed" / "fold0" / "frac0.5" / "global+local-block"
-    folders = {"global": tmp_path / "killed" / "fold0" / "global", "local": cell / "local", "finetune": cell / "finetune"}
+    def folders(root: Path) -> dict[str, Path]:
+        cell = root / "fold0" / "frac0.5" / "global+local-block"
+        return {"global": root / "fold0" / "global", "local": cell / "local", "finetune": cell / "finetune"}
+
+    killed, reference = folders(tmp_path / "runs" / "killed"), folders(tmp_path / "uninterrupted")
+    cell = killed["finetune"].parent
     slow = {**env, "TFSEMISEG_STEP_DELAY": "0.1"}
     for stage in THREE_STAGES:
-        folder = folders[stage]
-        _run_until(runs["killed"], tmp_path, slow, tmp_path / f"kill_{stage}.log",
+        folder = killed[stage]
+        _run_until(common, tmp_path, slow, tmp_path / f"kill_{stage}.log",
                    lambda: _latest_checkpoint_step(folder / "checkpoints") > 0, f"a {stage} checkpoint")
         assert not (folder / "stage.json").exists(), f"killed after {stage} finished"
-    again = subprocess.run([sys.executable, str(REPO / "cli.py"), *runs["killed"]], cwd=tmp_path, env=env,
+    killed_at = _latest_checkpoint_step(killed["finetune"] / "checkpoints")
+    assert f"({FINETUNE_STEPS_PER_EPOCH} steps/epoch" in (tmp_path / "kill_finetune.log").read_text()
+    assert 0 < killed_at < FINETUNE_STEPS_PER_EPOCH, killed_at  # mid-epoch: in the first epoch
+
+    again = subprocess.run([sys.executable, str(REPO / "cli.py"), *common], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    # only the fine-tuning stage was left to resume: from its checkpoint, in epoch 0
+    resumed = re.findall(r"resumed from \S+ckpt-(\d+) at step (\d+), epoch (\d+)", again.stderr)
+    assert [tuple(map(int, r)) for r in resumed] == [(killed_at, killed_at, 0)], again.stderr[-3000:]
     for stage in THREE_STAGES:
-        info = json.loads((folders[stage] / "stage.json").read_text())
-        assert "resumed from" in (folders[stage] / "train.log").read_text(), stage
-        a = np.load(folders[stage] / "weights.npz")
-        ref_folder = Path(str(folders[stage]).replace("killed", "uninterrupted", 1))
-        b = np.load(ref_folder / "weights.npz")
+        info = json.loads((killed[stage] / "stage.json").read_text())
+        assert "resumed from" in (killed[stage] / "train.log").read_text(), stage
+        a, b = np.load(killed[stage] / "weights.npz"), np.load(reference[stage] / "weights.npz")
         assert sorted(a.files) == sorted(b.files)
         bad = [k for k in a.files if not np.allclose(a[k], b[k], rtol=1e-6, atol=1e-6)]
         assert not bad, f"{stage}: weights differ from the uninterrupted run: {bad[:5]}"
-        assert info["steps"] == json.loads((ref_folder / "stage.json").read_text())["steps"]
+        assert info["steps"] == json.loads((reference[stage] / "stage.json").read_text())["steps"]
+    finetune = json.loads((killed["finetune"] / "stage.json").read_text())
+    assert finetune["steps"] == 2 * FINETUNE_STEPS_PER_EPOCH and finetune["epochs"] == 2
+    assert [row["epoch"] for row in finetune["history"]] == [1, 2]  # the epochs of the resumed process
+    result = json.loads((cell / "result.json").read_text())
+    assert result["method"] == "global+local-block" and result["fraction"] == 0.5
+    assert 0.0 <= result["metrics"]["pooled_dice"]["mean"] <= 1.0
 
     # export, killed after the SavedModel is written into its temporary folder
     dest = tmp_path / "models" / "m"
