@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tfsemiseg.errors import TfSemisegError
-from tfsemiseg.reporting import PAPER_HIPPOCAMPUS, paired_differences, write_report
+from tfsemiseg.reporting import PAPER_HIPPOCAMPUS, Claim, claims_table, paired_differences, verdict, write_report
 
 
 def evaluation(pooled, volume, hd, mirror, hd_all=None, missed=0):
@@ -172,6 +172,9 @@ def test_paired_section_in_report(tmp_path):
     md = write_report(tmp_path)["markdown"].read_text()
     assert "## Against random init" in md
     assert re.search(r"\| global\+local-block \| \+0\.050 \[\+0\.050, \+0\.050\] \| 10/10 \|", md)
+    claims = md.split("## The paper's claims")[1]
+    assert "| global+local-block - random | 5% | +0.036 | +0.050 [+0.050, +0.050] | 10 (0) | holds |" in claims
+    assert "Not run yet for any fraction: global - random;" in claims
 
 
 def test_paired_differences_refuse_different_splits():
@@ -180,3 +183,34 @@ def test_paired_differences_refuse_different_splits():
     other["split_digest"] = "another"
     with pytest.raises(TfSemisegError, match="fold 2, 5%: global and random were evaluated on different splits"):
         paired_differences([ref, other])
+
+
+@pytest.mark.parametrize("kind,ci,expected", [
+    ("above", (0.001, 0.02), "holds"), ("above", (-0.02, -0.001), "reversed"), ("above", (-0.001, 0.02), "not shown"),
+    ("on par", (-0.009, 0.009), "holds"), ("on par", (0.001, 0.004), "holds"), ("on par", (0.002, 0.02), "differs"),
+    ("on par", (-0.02, -0.011), "differs"), ("on par", (-0.02, 0.005), "not shown"),
+])
+def test_verdict(kind, ci, expected):
+    assert verdict(kind, ci) == expected
+
+
+def test_claims_compare_each_method_with_its_own_reference():
+    """A claim's row is the paired difference against the claim's reference (not random
+    init), with the paper's Table 1 difference beside it; claims without both cells are
+    listed as not run."""
+    rng = np.random.default_rng(2)
+    cases = [f"c{i}" for i in range(30)]
+    scores = {m: {c: rng.uniform(0.6, 0.9, size=2).tolist() for c in cases}
+              for m in ("random", "global", "global+local-block")}
+    scores["global+local-block"] = {c: [v + 0.05 for v in scores["global"][c]] for c in cases}  # 0.05 above global
+    results = [with_cases(fake_result(m, 0.2, 0, 0.7, 0.7, 2.0), s) for m, s in scores.items()]
+    claims = (Claim("global+local-block", "global", "above", "local adds to global"),
+              Claim("global+local-block", "random", "above", "beats random"),
+              Claim("local-block", "random", "above", "beats random"))
+    table, missing = claims_table(results, PAPER_HIPPOCAMPUS, claims)
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]] for line in table.splitlines()[2:]}
+    assert rows["global+local-block - global"] == ["20%", "+0.005", "+0.050 [+0.050, +0.050]", "30 (0)", "holds"]
+    expected = np.mean([np.mean(scores["global+local-block"][c]) - np.mean(scores["random"][c]) for c in cases])
+    assert rows["global+local-block - random"][1] == f"{0.866 - 0.852:+.3f}"
+    assert rows["global+local-block - random"][2].startswith(f"{expected:+.3f} [")
+    assert missing == [claims[2]]

@@ -1,6 +1,7 @@
 """The experiment grid's report: a Markdown table laid out like the paper's Table 1, a CSV
-of every cell, a plot of Dice against labeled fraction per method, and a paired comparison of
-every method with random init on the same test volumes."""
+of every cell, a plot of Dice against labeled fraction per method, a paired comparison of
+every method with random init on the same test volumes, and each claim of the paper checked
+with such paired comparisons."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -32,6 +33,32 @@ PAPER_HIPPOCAMPUS: dict[str, dict[float, float]] = {
     "global+local-block": {0.05: 0.824, 0.1: 0.849, 0.2: 0.866},
 }
 METHOD_ORDER = list(METHODS)
+
+
+class Claim(NamedTuple):
+    """A claim of the paper as a paired comparison: `method` against `reference`, either
+    "above" (the method scores higher) or "on par" (within ON_PAR_MARGIN either way)."""
+
+    method: str
+    reference: str
+    kind: str
+    text: str
+
+
+ON_PAR_MARGIN = 0.01  # per-volume Dice: "on par" holds when the whole 95% interval lies within +-0.01
+
+_SUPERVISED = ("global+local-stride", "global+local-block")
+CLAIMS: tuple[Claim, ...] = (
+    *(Claim(m, "random", "above", "each method beats random init")
+      for m in PAPER_HIPPOCAMPUS if m != "random"),
+    *(Claim(m, m.replace("global+", ""), "above", "global contrast adds to supervised local contrast")
+      for m in _SUPERVISED),
+    *(Claim(m, "global", "above", "supervised local contrast adds to global contrast") for m in _SUPERVISED),
+    *(Claim(m, "global+local-self", "above", "supervised local contrast beats the self-supervised one")
+      for m in _SUPERVISED),
+    Claim("global+local-block", "global+local-stride", "on par", "block division works as well as downsampling"),
+    Claim("local-block", "local-stride", "on par", "block division works as well as downsampling"),
+)
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
@@ -241,6 +268,44 @@ def paired_differences(results: list[dict[str, Any]], reference: str = "random")
     return out
 
 
+def verdict(kind: str, ci95: tuple[float, float], margin: float = ON_PAR_MARGIN) -> str:
+    """Whether a claim holds given the 95% interval of the paired difference (method minus
+    reference): "above" holds when the interval is above 0 and is "reversed" when below it;
+    "on par" holds when the interval lies within +-margin and "differs" when it excludes 0;
+    otherwise "not shown"."""
+    lo, hi = ci95
+    if kind == "above":
+        return "holds" if lo > 0 else "reversed" if hi < 0 else "not shown"
+    if kind == "on par":
+        return "holds" if -margin <= lo and hi <= margin else "differs" if lo > 0 or hi < 0 else "not shown"
+    raise ValueError(f"kind must be 'above' or 'on par', got {kind!r}")
+
+
+def claims_table(results: list[dict[str, Any]], paper: Optional[dict] = None,
+                 claims: tuple[Claim, ...] = CLAIMS) -> tuple[str, list[Claim]]:
+    """(Markdown table of each claim at each fraction both cells have run, claims with no
+    such fraction yet). A row: the paper's difference of pooled Dice (Table 1), ours as a
+    paired per-volume difference with its 95% interval, and the verdict."""
+    by_reference = {ref: paired_differences(results, ref) for ref in {c.reference for c in claims}}
+    lines = ["| claim | method - reference | fraction | paper: pooled Dice difference | "
+             "ours: per-volume difference [95% CI] | pairs (folds) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    missing = []
+    for claim in claims:
+        rows = sorted((f, d) for (m, f), d in by_reference[claim.reference].items() if m == claim.method)
+        if not rows:
+            missing.append(claim)
+        for f, d in rows:
+            ours, theirs = (paper or {}).get(claim.method, {}).get(f), (paper or {}).get(claim.reference, {}).get(f)
+            paper_cell = f"{ours - theirs:+.3f}" if ours is not None and theirs is not None else "-"
+            lo, hi = d["ci95"]
+            folds = ",".join(map(str, d["folds"]))
+            lines.append(f"| {claim.text} | {claim.method} - {claim.reference} | {100 * f:g}% | {paper_cell} | "
+                         f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {d['pairs']} ({folds}) | "
+                         f"{verdict(claim.kind, d['ci95'])} |")
+    return "\n".join(lines), missing
+
+
 def paired_table(diffs: dict[tuple[str, float], dict[str, Any]]) -> str:
     fractions = sorted({f for _, f in diffs})
     methods = _ordered_methods(diffs)
@@ -282,6 +347,17 @@ def write_report(results_dir: Path, out_dir: Optional[Path] = None) -> dict[str,
                "interval covers only which volumes were tested, not the run-to-run spread of training "
                "(the fold tables show that one is often larger), and a volume can sit in the test set "
                "of more than one fold.", "", paired_table(diffs), ""]
+        table, missing = claims_table(results, paper)
+        md += ["## The paper's claims", "",
+               "Each claim as a paired comparison on the same test volumes (as above, with the method's "
+               "reference in place of random init). \"above\" claims hold when the whole 95% interval is "
+               "above 0 and are reversed when it is below 0; \"works as well as\" holds when the interval "
+               f"lies within ±{ON_PAR_MARGIN:g}. Otherwise the claim is not shown by these folds. The paper's "
+               "column is the difference of its Table 1 means (pooled Dice over 4 folds), not a paired one.",
+               "", table, ""]
+        if missing:
+            md += ["Not run yet for any fraction: " + "; ".join(f"{c.method} - {c.reference}" for c in missing)
+                   + ".", ""]
     folds = sorted({r["fold"] for r in results})
     if len(folds) > 1:  # nnU-Net style: each fold on its own as well
         for k in folds:
