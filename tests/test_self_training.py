@@ -52,6 +52,7 @@ def test_pseudo_labels_are_the_argmax_of_the_teachers_mean_mirrored_softmax():
     (["self-training"], "self-training itself"),
     (["randm"], "unknown method 'randm'"),
     ([], "at least one method"),
+    (["global", "rndm"], "unknown method 'rndm'"),
 ])
 def test_bad_teachers_are_refused_with_the_key(teachers, message):
     from tfsemiseg.config import load_config
@@ -95,6 +96,35 @@ def test_self_training_runs_its_teacher_first_reuses_it_and_refuses_a_changed_on
     run_method(other, data, run, cell, strategy, quiet, part=None)
     assert teacher.read_bytes() == before
     assert json.loads(run.stage_done(cell, "finetune").read_text())["config"]["model"]["base_width"] == 2
+    # a second round in another run folder: that student is the teacher, named by its folder,
+    # and the extra unlabeled images change the split's digest but not its labels
+    student = run.cell_dir(cell)
+    round2 = cfg.replace(**{"train.self_training.teachers": [str(student)], "data.use_test_images_unlabeled": True})
+    run2 = RunLayout(tmp_path / "run2")
+    data2 = prepare_dataset(round2, data_dir, run2.root)
+    assert data2.split(0).digest() != data.split(0).digest()
+    run_method(round2, data2, run2, cell, strategy, quiet, part=None)
+    info = json.loads(run2.stage_done(cell, "finetune").read_text())
+    weights_file = run.weights(cell, "finetune")
+    assert info["teacher_weights_sha256"] == {str(student): hashlib.sha256(weights_file.read_bytes()).hexdigest()}
+    assert not (run2.cell_dir(Cell(0, 0.5, "random"))).exists()  # nothing run for a folder teacher
+    # refused: a folder that is not a finished cell, and teachers of other labels
+    shutil.rmtree(run2.cell_dir(cell))
+    bad = tmp_path / "bad"
+    for change, message in ((None, "not a finished cell"), ({"fraction": 1.0}, "same fold and labeled fraction"),
+                            ({"fold": 1}, "same fold and labeled fraction"), ({"split_digest": "0" * 16}, "another split")):
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(student, bad)
+        done = bad / "finetune" / "stage.json"
+        if change is None:
+            done.unlink()
+        else:
+            done.write_text(json.dumps({**json.loads(done.read_text()), **change}))
+        with pytest.raises(TfSemisegError, match=message) as refused:
+            run_method(round2.replace(**{"train.self_training.teachers": [str(bad)]}), data2, run2, cell, strategy,
+                       quiet, part=None)
+        assert str(bad) in str(refused.value)
+    assert not run2.stage_done(cell, "finetune").exists()
     # a teacher changed since makes the student stale
     weights = dict(np.load(teacher))
     first = sorted(weights)[0]

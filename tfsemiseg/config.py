@@ -260,16 +260,20 @@ class SelfTrainingConfig:
     ones, both with the fine-tuning augmentation. An epoch is one pass over the labeled slices.
     """
 
-    teachers: list[str] = field(default_factory=lambda: ["random"])  # methods, run first if missing
+    # methods of the student's run folder (run first if missing), or folders of finished cells
+    # of any run (a path, e.g. a student of an earlier round), of the same fold and fraction
+    teachers: list[str] = field(default_factory=lambda: ["random"])
     mirror: bool = True  # the teachers predict with test-time mirroring
     pseudo_batch_size: int = 8  # pseudo-labeled slices per step beside the labeled batch
     pseudo_weight: float = 1.0  # weight of their segmentation loss
 
     def validate(self) -> None:
-        from tfsemiseg.training.plans import METHODS, canonical_method  # no TensorFlow
+        from tfsemiseg.training.plans import METHODS, canonical_method, is_cell_folder  # no TensorFlow
 
-        _check(len(self.teachers) >= 1, "teachers", "must name at least one method")
+        _check(len(self.teachers) >= 1, "teachers", "must name at least one method or cell folder")
         for name in self.teachers:
+            if is_cell_folder(name):  # checked when the student runs: the folder may not exist yet
+                continue
             try:
                 method = canonical_method(name)
             except TfSemisegError:

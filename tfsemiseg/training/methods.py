@@ -20,11 +20,11 @@ from tfsemiseg.data.prepared import PreparedData, TrainingArrays, evaluation_vol
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.evaluation import evaluate_volumes, format_report
 from tfsemiseg.io_utils import atomic_write_json, read_json
-from tfsemiseg.layout import Cell, RunLayout, stage_files
+from tfsemiseg.layout import STAGE_DONE, Cell, RunLayout, result_name, stage_files
 from tfsemiseg.models.transfer import load_segmenter, save_weights_by_name
 from tfsemiseg.training.baselines import LocalSelfTask, MixupTask, TCSMTask
 from tfsemiseg.training.engine import Trainer, stage_finished, write_stage_done
-from tfsemiseg.training.plans import METHODS, REQUIRED_PARTS, StagePlan, plan_until
+from tfsemiseg.training.plans import METHODS, REQUIRED_PARTS, StagePlan, is_cell_folder, plan_until
 from tfsemiseg.training.precision import precision_policy, resolve_precision
 from tfsemiseg.training.self_training import SelfTrainingTask, Teacher, pseudo_labeled_arrays
 from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask, UNetTask
@@ -150,7 +150,8 @@ def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, stra
     (None: no evaluation).
 
     With `until`, stop after that stage (evaluating only if it is the fine-tuning stage).
-    Self-training first runs (or reuses) its teacher methods' cells in the same run folder.
+    Self-training first runs (or reuses) its teacher methods' cells in the same run folder
+    (or reads finished teacher cells of other runs, named by their folders).
     """
     plans = plan_until(cell.method, until)
     folders: dict[str, Path] = {}
@@ -176,31 +177,58 @@ def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, stra
 
 def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, strategy,
                   echo: Echo) -> dict[str, Teacher]:
-    """Each teacher method's cell at the same fold and fraction: its fine-tuned weights and the
-    config it was trained with. A finished teacher is used as it is (the student's digest holds
-    its weights' hash); a missing one is run first with this config."""
+    """The teachers' fine-tuned weights and the configs they were trained with, by method name
+    or folder as `train.self_training.teachers` gives them. A method name means that method's cell at the same fold
+    and fraction in this run folder: a finished one is used as it is (the student's digest
+    holds its weights' hash), a missing one is run first with this config. A path means a
+    finished cell folder of any run (e.g. a student of an earlier round). Either way the
+    teacher must have been trained on the student's split, fold and labeled fraction."""
     teachers = {}
+    split = data.split(cell.fold)
+    # the same split without extra unlabeled images (data.use_test_images_unlabeled) has the same labels
+    splits = {split.digest(), dataclasses.replace(split, extra_unlabeled=[]).digest()}
     for name in cfg.train.self_training.teachers:
-        teacher = Cell(cell.fold, cell.fraction, name)
-        if stage_finished(run.stage_dir(teacher, "finetune")):
-            echo(f"[self-training] teacher {teacher}: finished in {run.cell_dir(teacher)}")
+        if is_cell_folder(name):
+            key, folder = name, Path(name).expanduser()
+            if not stage_finished(folder / "finetune"):
+                raise TfSemisegError(f"{folder}: not a finished cell (no finetune/{STAGE_DONE}); a teacher folder "
+                                     "must be a cell whose fine-tuning stage has finished")
+            echo(f"[self-training] teacher {folder}: finished")
         else:
-            echo(f"[self-training] teacher {teacher}: training it first")
-            run_method(cfg, data, run, teacher, strategy, echo, part=None)
-        tcfg = _trained_config(run, teacher) or cfg
-        for key in ("image_size", "slice_axis", "channel"):
-            if getattr(tcfg.data, key) != getattr(cfg.data, key):
-                raise TfSemisegError(f"{run.cell_dir(teacher)}: trained with data.{key} = {getattr(tcfg.data, key)!r}, "
-                                     f"not {getattr(cfg.data, key)!r}; a teacher must read the student's slices")
-        weights = run.weights(teacher, "finetune")
-        teachers[teacher.method] = Teacher(weights, _file_sha256(weights), tcfg)
+            teacher = Cell(cell.fold, cell.fraction, name)
+            key, folder = teacher.method, run.cell_dir(teacher)
+            if stage_finished(folder / "finetune"):
+                echo(f"[self-training] teacher {teacher}: finished in {folder}")
+            else:
+                echo(f"[self-training] teacher {teacher}: training it first")
+                run_method(cfg, data, run, teacher, strategy, echo, part=None)
+        _check_teacher(folder, read_json(stage_files(folder / "finetune").done), cell, splits)
+        tcfg = _trained_config(folder) or cfg
+        for setting in ("image_size", "slice_axis", "channel"):
+            if getattr(tcfg.data, setting) != getattr(cfg.data, setting):
+                raise TfSemisegError(f"{folder}: trained with data.{setting} = {getattr(tcfg.data, setting)!r}, "
+                                     f"not {getattr(cfg.data, setting)!r}; a teacher must read the student's slices")
+        weights = stage_files(folder / "finetune").weights
+        teachers[key] = Teacher(weights, _file_sha256(weights), tcfg)
     return teachers
 
 
-def _trained_config(run: RunLayout, cell: Cell) -> Optional[Config]:
+def _check_teacher(folder: Path, info: dict[str, Any], cell: Cell, split_digests: set[str]) -> None:
+    """Refuse a teacher whose fine-tuning stage (stage.json `info`) saw other labels than the
+    student may: another fold, labeled fraction or split."""
+    fold, fraction, digest = info.get("fold"), info.get("fraction"), info.get("split_digest")
+    if (fold is not None and fold != cell.fold) or (fraction is not None and float(fraction) != cell.fraction):
+        raise TfSemisegError(f"{folder}: trained on fold {fold} at {100 * float(fraction):g}% labels; a teacher of "
+                             f"{cell} must be of the same fold and labeled fraction")
+    if digest is not None and digest not in split_digests:
+        raise TfSemisegError(f"{folder}: trained on another split (split_digest {digest}); a teacher must be "
+                             "trained on the student's split, or it has seen labels the student may not use")
+
+
+def _trained_config(folder: Path) -> Optional[Config]:
     """The config a finished cell's fine-tuning stage was trained with (its stage.json, else its
     result files, which older versions alone recorded it in), or None."""
-    for path in (run.stage_done(cell, "finetune"), run.result(cell), run.result(cell, "val")):
+    for path in (stage_files(folder / "finetune").done, folder / result_name("test"), folder / result_name("val")):
         config = read_json(path).get("config") if path.is_file() else None
         if config:
             return from_dict(config)

@@ -66,6 +66,11 @@ def canonical_method(name: str) -> str:
     return key
 
 
+def is_cell_folder(name: str) -> bool:
+    """Whether a self-training teacher is given as a cell folder (a path) rather than a method."""
+    return "/" in name or "\\" in name
+
+
 def plan_until(method: str, until: Optional[str] = None) -> list[StagePlan]:
     """The stages of `method`, up to and including `until` (all when None)."""
     plans = METHODS[canonical_method(method)]
