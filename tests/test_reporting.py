@@ -187,8 +187,9 @@ def test_paired_differences_refuse_different_splits():
 
 @pytest.mark.parametrize("kind,ci,expected", [
     ("above", (0.001, 0.02), "holds"), ("above", (-0.02, -0.001), "reversed"), ("above", (-0.001, 0.02), "not shown"),
-    ("on par", (-0.009, 0.009), "holds"), ("on par", (0.001, 0.004), "holds"), ("on par", (0.002, 0.02), "differs"),
-    ("on par", (-0.02, -0.011), "differs"), ("on par", (-0.02, 0.005), "not shown"),
+    ("on par", (-0.009, 0.009), "holds"), ("on par", (0.001, 0.004), "holds"),
+    ("on par", (0.002, 0.02), "differs (higher)"),
+    ("on par", (-0.02, -0.011), "differs (lower)"), ("on par", (-0.02, 0.005), "not shown"),
 ])
 def test_verdict(kind, ci, expected):
     assert verdict(kind, ci) == expected
@@ -214,3 +215,15 @@ def test_claims_compare_each_method_with_its_own_reference():
     assert rows["global+local-block - random"][1] == f"{0.866 - 0.852:+.3f}"
     assert rows["global+local-block - random"][2].startswith(f"{expected:+.3f} [")
     assert missing == [claims[2]]
+
+
+def test_claims_section_without_random_init(tmp_path):
+    """Claims against other references are reported when no random init cell exists."""
+    for method, offset in (("global", 0.0), ("global+local-block", 0.02)):
+        d = tmp_path / "fold0" / "frac0.1" / method
+        d.mkdir(parents=True)
+        cases = {f"c{i}": [0.6 + 0.01 * i + offset, 0.7 + offset] for i in range(10)}
+        (d / "result.json").write_text(json.dumps(with_cases(fake_result(method, 0.1, 0, 0.7, 0.7, 2.0), cases)))
+    md = write_report(tmp_path)["markdown"].read_text()
+    assert "## Against random init" not in md
+    assert "| global+local-block - global | 10% | +0.015 | +0.020 [+0.020, +0.020] | 10 (0) | holds |" in md

@@ -62,7 +62,7 @@ def test_bad_teachers_are_refused_with_the_key(teachers, message):
     assert "train.self_training.teachers" in str(info.value)
 
 
-def test_self_training_runs_its_teacher_first_reuses_it_and_refuses_a_changed_one(tmp_path):
+def test_self_training_runs_its_teacher_first_reuses_it_and_refuses_a_changed_one(tmp_path, monkeypatch):
     from tfsemiseg.config import load_config
     from tfsemiseg.data.phantom import make_phantom
     from tfsemiseg.data.prepared import prepare_dataset
@@ -104,27 +104,67 @@ def test_self_training_runs_its_teacher_first_reuses_it_and_refuses_a_changed_on
     data2 = prepare_dataset(round2, data_dir, run2.root)
     assert data2.split(0).digest() != data.split(0).digest()
     run_method(round2, data2, run2, cell, strategy, quiet, part=None)
-    info = json.loads(run2.stage_done(cell, "finetune").read_text())
+    done2 = run2.stage_done(cell, "finetune")
+    info = json.loads(done2.read_text())
     weights_file = run.weights(cell, "finetune")
     assert info["teacher_weights_sha256"] == {str(student): hashlib.sha256(weights_file.read_bytes()).hexdigest()}
     assert not (run2.cell_dir(Cell(0, 0.5, "random"))).exists()  # nothing run for a folder teacher
-    # refused: a folder that is not a finished cell, and teachers of other labels
+    # the same folder spelled otherwise (trailing '/', relative to the working directory) is the same teacher
+    before2 = done2.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for spelling in (f"{student}/", f"./{student.relative_to(tmp_path)}"):
+        said = []
+        run_method(round2.replace(**{"train.self_training.teachers": [spelling]}), data2, run2, cell, strategy,
+                   said.append, part=None)
+        assert any("already finished" in line for line in said) and done2.read_bytes() == before2, spelling
+    # a folder teacher changed since makes its student stale
+    saved = weights_file.read_bytes()
+    changed = dict(np.load(weights_file))
+    changed[sorted(changed)[0]] += 1.0
+    np.savez(weights_file, **changed)
+    with pytest.raises(TfSemisegError, match="different configuration"):
+        run_method(round2, data2, run2, cell, strategy, quiet, part=None)
+    weights_file.write_bytes(saved)
     shutil.rmtree(run2.cell_dir(cell))
+    # refused, naming the folder: not a finished cell, teachers of other labels, a stage.json
+    # that does not say, the student's own cell, and one teacher named twice
     bad = tmp_path / "bad"
     for change, message in ((None, "not a finished cell"), ({"fraction": 1.0}, "same fold and labeled fraction"),
-                            ({"fold": 1}, "same fold and labeled fraction"), ({"split_digest": "0" * 16}, "another split")):
+                            ({"fold": 1}, "same fold and labeled fraction"),
+                            ({"labels_split_digest": "0" * 16}, "another split"),
+                            ({"fraction": None}, "records no fraction"), ({"config": None}, "records no config")):
         shutil.rmtree(bad, ignore_errors=True)
         shutil.copytree(student, bad)
+        for result in bad.glob("result*.json"):
+            result.unlink()  # the config then comes from stage.json alone
         done = bad / "finetune" / "stage.json"
         if change is None:
             done.unlink()
         else:
-            done.write_text(json.dumps({**json.loads(done.read_text()), **change}))
+            done.write_text(json.dumps({k: v for k, v in {**json.loads(done.read_text()), **change}.items()
+                                        if v is not None}))
         with pytest.raises(TfSemisegError, match=message) as refused:
             run_method(round2.replace(**{"train.self_training.teachers": [str(bad)]}), data2, run2, cell, strategy,
                        quiet, part=None)
         assert str(bad) in str(refused.value)
+    for teachers, message in (([str(run2.cell_dir(cell))], "cannot teach itself"),
+                              ([str(student), f"{student}/"], "twice")):
+        with pytest.raises(TfSemisegError, match=message):
+            run_method(round2.replace(**{"train.self_training.teachers": teachers}), data2, run2, cell, strategy,
+                       quiet, part=None)
     assert not run2.stage_done(cell, "finetune").exists()
+    # a teacher named by method but trained on another split is refused too
+    random_done = run.stage_done(Cell(0, 0.5, "random"), "finetune")
+    kept = random_done.read_bytes()
+    recorded = json.loads(kept)
+    older = {k: v for k, v in recorded.items() if k != "labels_split_digest"}  # as versions before it wrote
+    for info in ({**recorded, "labels_split_digest": "0" * 16}, {**older, "split_digest": "0" * 16}):
+        random_done.write_text(json.dumps(info))
+        with pytest.raises(TfSemisegError, match="another split"):
+            run_method(other, data, run, cell, strategy, quiet, part=None)
+    random_done.write_text(json.dumps(older))  # an older stage.json of the same split is accepted
+    run_method(other, data, run, cell, strategy, quiet, part=None)
+    random_done.write_bytes(kept)
     # a teacher changed since makes the student stale
     weights = dict(np.load(teacher))
     first = sorted(weights)[0]

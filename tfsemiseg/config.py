@@ -254,10 +254,11 @@ class BaselineConfig:
 class SelfTrainingConfig:
     """The `self-training` method (pseudo-labels; an extension, not in the paper's table).
 
-    Finished fine-tuned methods of the same fold and fraction (the teachers) label every
-    unlabeled train slice with the argmax of their mean softmax; a student trained from
-    random weights then sees, per step, one batch of labeled slices and one of pseudo-labeled
-    ones, both with the fine-tuning augmentation. An epoch is one pass over the labeled slices.
+    Finished fine-tuned cells of the same fold, split and fraction (the teachers: methods of
+    the student's run folder, or cell folders of other runs) label every unlabeled train
+    slice with the argmax of their mean softmax; a student trained from random weights sees,
+    per step, one batch of labeled slices and one of pseudo-labeled ones, both with the
+    fine-tuning augmentation. An epoch is one pass over the labeled slices.
     """
 
     # methods of the student's run folder (run first if missing), or folders of finished cells
@@ -277,7 +278,8 @@ class SelfTrainingConfig:
             try:
                 method = canonical_method(name)
             except TfSemisegError:
-                raise ConfigError(f"teachers: unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+                raise ConfigError(f"teachers: unknown method {name!r}; choose from {', '.join(METHODS)}, or give "
+                                  "a finished cell's folder as a path holding a '/' (e.g. ./runs/x)") from None
             _check(method != "self-training", "teachers", "cannot include self-training itself")
         _check(self.pseudo_batch_size >= 1, "pseudo_batch_size", "must be >= 1")
         _check(self.pseudo_weight >= 0, "pseudo_weight", "must be >= 0")

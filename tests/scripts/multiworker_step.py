@@ -9,8 +9,9 @@ is set) and runs `engine_step.run_stages` with it: one step of each stage on the
 global batch (each worker gets its half), the weights after it written to
 OUT/<stage>_after.npz. Prints `RESULT {json}`. The test compares them with a
 single-process run of the same stages on the same global batch. With --fit-out, the same
-workers then run `fit` (N steps of fine-tuning through `Trainer.fit`) in that
-folder, and the line holds its result as "fit".
+workers then run `fit`: N steps of fine-tuning through `Trainer.fit` in the stage folder
+FIT_OUT/stage, the weights before and after in FIT_OUT/worker<I>_init.npz and
+FIT_OUT/worker<I>.npz; the line holds its result as "fit".
 """
 
 from __future__ import annotations

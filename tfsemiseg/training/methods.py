@@ -24,7 +24,7 @@ from tfsemiseg.layout import STAGE_DONE, Cell, RunLayout, result_name, stage_fil
 from tfsemiseg.models.transfer import load_segmenter, save_weights_by_name
 from tfsemiseg.training.baselines import LocalSelfTask, MixupTask, TCSMTask
 from tfsemiseg.training.engine import Trainer, stage_finished, write_stage_done
-from tfsemiseg.training.plans import METHODS, REQUIRED_PARTS, StagePlan, is_cell_folder, plan_until
+from tfsemiseg.training.plans import METHODS, REQUIRED_PARTS, StagePlan, is_cell_folder, plan_until, teacher_key
 from tfsemiseg.training.precision import precision_policy, resolve_precision
 from tfsemiseg.training.self_training import SelfTrainingTask, Teacher, pseudo_labeled_arrays
 from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask, UNetTask
@@ -44,8 +44,9 @@ def _digest_parts(cfg: Config, plan: StagePlan) -> dict[str, Any]:
     parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
              "stage": train[f"{plan.name}_stage"], "seed": train["seed"],
              "plan": [plan.name, plan.init_from, plan.local_mode, plan.variant]}
-    if plan.variant == "self-training":
-        parts["self_training"] = train["self_training"]
+    if plan.variant == "self-training":  # teachers by identity, however spelled
+        parts["self_training"] = {**train["self_training"],
+                                  "teachers": [teacher_key(t) for t in train["self_training"]["teachers"]]}
     elif plan.variant or plan.local_mode == "self":
         parts["baselines"] = train["baselines"]
     return parts
@@ -136,6 +137,7 @@ def _run_stage(cfg: Config, data: PreparedData, cell: Cell, arrays: TrainingArra
         write_stage_done(folder, result, {
             "config_digest": digest, "method": cell.method, "fold": cell.fold, "fraction": cell.fraction,
             "split_digest": data.split(cell.fold).digest(),
+            "labels_split_digest": labels_split_digest(data.split(cell.fold)),
             "init": task.transfer.summary() if task.transfer else "random", "precision": precision,
             "parent_weights_sha256": _file_sha256(stage_files(parent).weights) if parent is not None else None,
             **({"teacher_weights_sha256": {m: t.sha256 for m, t in teachers.items()}} if teachers else {}),
@@ -177,33 +179,47 @@ def run_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, stra
 
 def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, strategy,
                   echo: Echo) -> dict[str, Teacher]:
-    """The teachers' fine-tuned weights and the configs they were trained with, by method name
-    or folder as `train.self_training.teachers` gives them. A method name means that method's cell at the same fold
-    and fraction in this run folder: a finished one is used as it is (the student's digest
-    holds its weights' hash), a missing one is run first with this config. A path means a
-    finished cell folder of any run (e.g. a student of an earlier round). Either way the
-    teacher must have been trained on the student's split, fold and labeled fraction."""
+    """The teachers' fine-tuned weights and the configs they were trained with, keyed by
+    `teacher_key` (method name, or the folder's absolute path).
+
+    A method name means that method's cell at the same fold and fraction in this run folder:
+    a finished one is used as it is (the student's digest holds its weights' hash), a missing
+    one is run first with this config. A path means a finished cell folder of any run (e.g. a
+    student of an earlier round); it must record its fold, fraction, split and config. Either
+    way the teacher must have been trained on the labels of the student's split, fold and
+    labeled fraction."""
     teachers = {}
-    split = data.split(cell.fold)
-    # the same split without extra unlabeled images (data.use_test_images_unlabeled) has the same labels
-    splits = {split.digest(), dataclasses.replace(split, extra_unlabeled=[]).digest()}
+    labels_digest = labels_split_digest(data.split(cell.fold))
+    student = run.cell_dir(cell).resolve()
     for name in cfg.train.self_training.teachers:
+        key = teacher_key(name)
+        if key in teachers:
+            raise TfSemisegError(f"train.self_training.teachers: {name!r} names the teacher {key} twice")
         if is_cell_folder(name):
-            key, folder = name, Path(name).expanduser()
+            folder = Path(key)
+            if folder == student:
+                raise TfSemisegError(f"{folder}: is the student's own cell; a student cannot teach itself")
             if not stage_finished(folder / "finetune"):
                 raise TfSemisegError(f"{folder}: not a finished cell (no finetune/{STAGE_DONE}); a teacher folder "
                                      "must be a cell whose fine-tuning stage has finished")
             echo(f"[self-training] teacher {folder}: finished")
         else:
             teacher = Cell(cell.fold, cell.fraction, name)
-            key, folder = teacher.method, run.cell_dir(teacher)
+            folder = run.cell_dir(teacher)
             if stage_finished(folder / "finetune"):
                 echo(f"[self-training] teacher {teacher}: finished in {folder}")
             else:
                 echo(f"[self-training] teacher {teacher}: training it first")
                 run_method(cfg, data, run, teacher, strategy, echo, part=None)
-        _check_teacher(folder, read_json(stage_files(folder / "finetune").done), cell, splits)
-        tcfg = _trained_config(folder) or cfg
+        info = read_json(stage_files(folder / "finetune").done)
+        tcfg = _trained_config(folder)
+        if is_cell_folder(name):  # from another run: nothing of it may go unchecked
+            unrecorded = [k for k in ("fold", "fraction", "split_digest") if info.get(k) is None]
+            if unrecorded or tcfg is None:
+                raise TfSemisegError(f"{folder / 'finetune' / STAGE_DONE}: records no {', '.join(unrecorded or ['config'])}; "
+                                     "a teacher from another run must record them (retrain it with this version)")
+        _check_teacher(folder, info, cell, labels_digest)
+        tcfg = tcfg or cfg
         for setting in ("image_size", "slice_axis", "channel"):
             if getattr(tcfg.data, setting) != getattr(cfg.data, setting):
                 raise TfSemisegError(f"{folder}: trained with data.{setting} = {getattr(tcfg.data, setting)!r}, "
@@ -213,16 +229,28 @@ def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, s
     return teachers
 
 
-def _check_teacher(folder: Path, info: dict[str, Any], cell: Cell, split_digests: set[str]) -> None:
+def labels_split_digest(split) -> str:
+    """The digest of a split without its extra unlabeled images (data.use_test_images_unlabeled):
+    two splits with the same one give the same labels to the same fold and fraction."""
+    return dataclasses.replace(split, extra_unlabeled=[]).digest()
+
+
+def _check_teacher(folder: Path, info: dict[str, Any], cell: Cell, labels_digest: str) -> None:
     """Refuse a teacher whose fine-tuning stage (stage.json `info`) saw other labels than the
-    student may: another fold, labeled fraction or split."""
-    fold, fraction, digest = info.get("fold"), info.get("fraction"), info.get("split_digest")
+    student may: another fold, labeled fraction or split. Its split is compared without extra
+    unlabeled images on both sides (`labels_split_digest`; a stage.json of the versions before
+    it holds only `split_digest`, which then must be the labels-only one)."""
+    fold, fraction = info.get("fold"), info.get("fraction")
     if (fold is not None and fold != cell.fold) or (fraction is not None and float(fraction) != cell.fraction):
-        raise TfSemisegError(f"{folder}: trained on fold {fold} at {100 * float(fraction):g}% labels; a teacher of "
-                             f"{cell} must be of the same fold and labeled fraction")
-    if digest is not None and digest not in split_digests:
-        raise TfSemisegError(f"{folder}: trained on another split (split_digest {digest}); a teacher must be "
-                             "trained on the student's split, or it has seen labels the student may not use")
+        where = ", ".join(filter(None, (f"fold {fold}" if fold is not None else "",
+                                        f"{100 * float(fraction):g}% labels" if fraction is not None else "")))
+        raise TfSemisegError(f"{folder}: trained on {where}; a teacher of {cell} must be of the same fold and "
+                             "labeled fraction")
+    digest = info.get("labels_split_digest", info.get("split_digest"))
+    if digest is not None and digest != labels_digest:
+        raise TfSemisegError(f"{folder}: trained on another split (split digest {digest}, the student's "
+                             f"{labels_digest} without extra unlabeled images); a teacher must be trained on the "
+                             "student's split, or it has seen labels the student may not use")
 
 
 def _trained_config(folder: Path) -> Optional[Config]:

@@ -9,6 +9,7 @@ folder in the run layout (`tfsemiseg.layout`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from tfsemiseg.errors import TfSemisegError
@@ -67,8 +68,16 @@ def canonical_method(name: str) -> str:
 
 
 def is_cell_folder(name: str) -> bool:
-    """Whether a self-training teacher is given as a cell folder (a path) rather than a method."""
+    """Whether a self-training teacher is given as a cell folder (a path: it holds a '/')
+    rather than a method."""
     return "/" in name or "\\" in name
+
+
+def teacher_key(name: str) -> str:
+    """A self-training teacher's identity: the canonical method name, or the folder's absolute
+    path (relative paths are taken from the working directory; 'runs/x/' and './runs/x' are
+    the same teacher)."""
+    return str(Path(name).expanduser().resolve()) if is_cell_folder(name) else canonical_method(name)
 
 
 def plan_until(method: str, until: Optional[str] = None) -> list[StagePlan]:
