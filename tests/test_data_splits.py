@@ -142,3 +142,11 @@ def test_real_dataset_split_sizes(real_data_dir, make_cfg, tmp_path):
         assert (len(s.train), len(s.val), len(s.test)) == (132, 44, 44)
         assert set(s.train + s.val + s.test) == {c.case_id for c in index.labeled}
         assert set(s.labeled(0.05)) < set(s.labeled(0.1)) < set(s.labeled(0.2))
+
+
+def test_labels_digest_ignores_only_the_extra_unlabeled_images():
+    ids = [f"c{i:03d}" for i in range(40)]
+    plain = make_split(ids, [], SplitConfig(), 0)
+    extra = make_split(ids, ["t1", "t2"], SplitConfig(), 0)
+    assert extra.digest() != plain.digest() and extra.labels_digest() == plain.labels_digest() == plain.digest()
+    assert make_split(ids, [], SplitConfig(), 1).labels_digest() != plain.labels_digest()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -53,6 +53,11 @@ class Split:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def labels_digest(self) -> str:
+        """The digest without the extra unlabeled images: two splits with the same one give the
+        same labels to the same fold and fraction."""
+        return replace(self, extra_unlabeled=[]).digest()
 
 
 def make_split(case_ids: list[str], extra_unlabeled: list[str], cfg: SplitConfig, fold: int) -> Split:

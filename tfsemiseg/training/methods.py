@@ -137,7 +137,7 @@ def _run_stage(cfg: Config, data: PreparedData, cell: Cell, arrays: TrainingArra
         write_stage_done(folder, result, {
             "config_digest": digest, "method": cell.method, "fold": cell.fold, "fraction": cell.fraction,
             "split_digest": data.split(cell.fold).digest(),
-            "labels_split_digest": labels_split_digest(data.split(cell.fold)),
+            "labels_split_digest": data.split(cell.fold).labels_digest(),
             "init": task.transfer.summary() if task.transfer else "random", "precision": precision,
             "parent_weights_sha256": _file_sha256(stage_files(parent).weights) if parent is not None else None,
             **({"teacher_weights_sha256": {m: t.sha256 for m, t in teachers.items()}} if teachers else {}),
@@ -189,13 +189,13 @@ def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, s
     way the teacher must have been trained on the labels of the student's split, fold and
     labeled fraction."""
     teachers = {}
-    labels_digest = labels_split_digest(data.split(cell.fold))
+    labels_digest = data.split(cell.fold).labels_digest()
     student = run.cell_dir(cell).resolve()
     for name in cfg.train.self_training.teachers:
-        key = teacher_key(name)
+        key, foreign = teacher_key(name), is_cell_folder(name)
         if key in teachers:
             raise TfSemisegError(f"train.self_training.teachers: {name!r} names the teacher {key} twice")
-        if is_cell_folder(name):
+        if foreign:
             folder = Path(key)
             if folder == student:
                 raise TfSemisegError(f"{folder}: is the student's own cell; a student cannot teach itself")
@@ -211,12 +211,12 @@ def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, s
             else:
                 echo(f"[self-training] teacher {teacher}: training it first")
                 run_method(cfg, data, run, teacher, strategy, echo, part=None)
-        info = read_json(stage_files(folder / "finetune").done)
-        tcfg = _trained_config(folder)
-        if is_cell_folder(name):  # from another run: nothing of it may go unchecked
+        files = stage_files(folder / "finetune")
+        info, tcfg = read_json(files.done), _trained_config(folder)
+        if foreign:  # from another run: nothing of it may go unchecked
             unrecorded = [k for k in ("fold", "fraction", "split_digest") if info.get(k) is None]
             if unrecorded or tcfg is None:
-                raise TfSemisegError(f"{folder / 'finetune' / STAGE_DONE}: records no {', '.join(unrecorded or ['config'])}; "
+                raise TfSemisegError(f"{files.done}: records no {', '.join(unrecorded or ['config'])}; "
                                      "a teacher from another run must record them (retrain it with this version)")
         _check_teacher(folder, info, cell, labels_digest)
         tcfg = tcfg or cfg
@@ -224,28 +224,20 @@ def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, s
             if getattr(tcfg.data, setting) != getattr(cfg.data, setting):
                 raise TfSemisegError(f"{folder}: trained with data.{setting} = {getattr(tcfg.data, setting)!r}, "
                                      f"not {getattr(cfg.data, setting)!r}; a teacher must read the student's slices")
-        weights = stage_files(folder / "finetune").weights
-        teachers[key] = Teacher(weights, _file_sha256(weights), tcfg)
+        teachers[key] = Teacher(files.weights, _file_sha256(files.weights), tcfg)
     return teachers
-
-
-def labels_split_digest(split) -> str:
-    """The digest of a split without its extra unlabeled images (data.use_test_images_unlabeled):
-    two splits with the same one give the same labels to the same fold and fraction."""
-    return dataclasses.replace(split, extra_unlabeled=[]).digest()
 
 
 def _check_teacher(folder: Path, info: dict[str, Any], cell: Cell, labels_digest: str) -> None:
     """Refuse a teacher whose fine-tuning stage (stage.json `info`) saw other labels than the
     student may: another fold, labeled fraction or split. Its split is compared without extra
-    unlabeled images on both sides (`labels_split_digest`; a stage.json of the versions before
-    it holds only `split_digest`, which then must be the labels-only one)."""
-    fold, fraction = info.get("fold"), info.get("fraction")
-    if (fold is not None and fold != cell.fold) or (fraction is not None and float(fraction) != cell.fraction):
-        where = ", ".join(filter(None, (f"fold {fold}" if fold is not None else "",
-                                        f"{100 * float(fraction):g}% labels" if fraction is not None else "")))
-        raise TfSemisegError(f"{folder}: trained on {where}; a teacher of {cell} must be of the same fold and "
-                             "labeled fraction")
+    unlabeled images on both sides (`Split.labels_digest`; a stage.json of the versions before
+    it holds only `split_digest`, which then must be the labels-only one). What a stage.json
+    does not record is not compared."""
+    fold, fraction = info.get("fold", cell.fold), float(info.get("fraction", cell.fraction))
+    if (fold, fraction) != (cell.fold, cell.fraction):
+        raise TfSemisegError(f"{folder}: trained on fold {fold} at {100 * fraction:g}% labels; a teacher of {cell} "
+                             "must be of the same fold and labeled fraction")
     digest = info.get("labels_split_digest", info.get("split_digest"))
     if digest is not None and digest != labels_digest:
         raise TfSemisegError(f"{folder}: trained on another split (split digest {digest}, the student's "

@@ -2,12 +2,12 @@
 
 The teachers are finished fine-tuned models of the same fold, split and labeled fraction
 (`train.self_training.teachers`: methods of the student's run folder, or finished cell
-folders of any run, such as a student of an earlier round), each loaded with the config it was trained with, so the
-student may differ from them in width, seed or schedule. The argmax of their mean softmax
-labels every slice of the split's unlabeled train volumes (and of the extra unlabeled
-volumes when the config adds them). Validation and test volumes are never pseudo-labeled. The student starts from
-random weights; each step it sees one augmented batch of labeled slices and one of
-pseudo-labeled slices:
+folders of any run, such as a student of an earlier round), each loaded with the config it
+was trained with, so the student may differ from them in width, seed or schedule. The
+argmax of their mean softmax labels every slice of the split's unlabeled train volumes (and
+of the extra unlabeled volumes when the config adds them). Validation and test volumes are
+never pseudo-labeled. The student starts from random weights; each step it sees one
+augmented batch of labeled slices and one of pseudo-labeled slices:
 
     loss = segmentation_loss(labeled) + pseudo_weight * segmentation_loss(pseudo-labeled)
 """
