@@ -115,18 +115,21 @@ def prepare(config_path: Optional[Path], overrides: tuple[str, ...], data_dir: P
 
 @cli.command("make-phantom")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--train", "num_train", default=24, show_default=True, help="Labeled volumes (imagesTr/labelsTr).")
-@click.option("--test", "num_test", default=4, show_default=True, help="Unlabeled volumes (imagesTs).")
+@click.option("--train", "num_train", default=24, show_default=True, help="Labeled volumes.")
+@click.option("--test", "num_test", default=4, show_default=True,
+              help="Unlabeled volumes (imagesTs; in MM-WHS layout, images without a label).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--layout", type=click.Choice(["msd", "mmwhs"]), default="msd", show_default=True,
+              help="MSD folders, or MM-WHS *_image/*_label pairs with MM-WHS label codes (configs/mmwhs.yaml).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @friendly_errors
-def make_phantom(out: Path, num_train: int, num_test: int, seed: int, force: bool) -> None:
-    """Write a small synthetic dataset in MSD layout to OUT (two structures on a noisy background)."""
+def make_phantom(out: Path, num_train: int, num_test: int, seed: int, layout: str, force: bool) -> None:
+    """Write a small synthetic dataset to OUT (two structures on a noisy background)."""
     from tfsemiseg.data.phantom import make_phantom as build
 
     if out.exists() and not force:
         raise TfSemisegError(f"{out}: already exists (use --force to replace it)")
-    build(out, num_train=num_train, num_test=num_test, seed=seed, overwrite=force)
+    build(out, num_train=num_train, num_test=num_test, seed=seed, overwrite=force, layout=layout)
     click.echo(f"wrote {num_train} labeled and {num_test} unlabeled phantom volumes to {out}")
 
 

@@ -1,9 +1,10 @@
-"""A small synthetic dataset in MSD layout, for the demo and fast tests.
+"""A small synthetic dataset in MSD or MM-WHS layout, for the demo and fast tests.
 
 Each 3D volume holds two touching structures on a textured, noisy background, like the
 anterior (1) and posterior (2) hippocampus: an ellipsoid and a bent tube of random size,
 position, orientation and contrast. Intensity scales differ by orders of magnitude
-between volumes, as in real MRI.
+between volumes, as in real MRI. In MM-WHS layout the two structures carry MM-WHS label
+codes (`MMWHS_CODES`), which `configs/mmwhs.yaml` maps to its classes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def phantom_volume(rng: np.random.Generator, shape: tuple[int, int, int]) -> tup
     return image.astype(np.float32), label
 
 
+LAYOUTS = ("msd", "mmwhs")
+MMWHS_CODES = {1: 500, 2: 205}  # phantom structure -> MM-WHS code: left ventricle, myocardium
+
+
 def make_phantom(
     out: Path,
     num_train: int = 24,
@@ -65,14 +70,29 @@ def make_phantom(
     shape: tuple[int, int, int] = (36, 44, 32),
     seed: int = 0,
     overwrite: bool = False,
+    layout: str = "msd",
 ) -> Path:
-    """Write an MSD-layout phantom dataset (dataset.json, imagesTr, labelsTr, imagesTs).
+    """Write a phantom dataset: in MSD layout (dataset.json, imagesTr, labelsTr, imagesTs), or
+    in MM-WHS layout (`phantom_NNN_image.nii.gz` / `phantom_NNN_label.nii.gz` pairs in one
+    folder, labels as MM-WHS codes; the `num_test` volumes have no label file).
 
     The folder is built beside `out` and renamed into place, so it is never half-written.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     rng = np.random.default_rng(seed)
     out = Path(out)
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    if layout == "mmwhs":
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            codes = np.zeros(max(MMWHS_CODES) + 1, np.int16)
+            codes[list(MMWHS_CODES)] = list(MMWHS_CODES.values())
+            for i in range(num_train + num_test):
+                image, label = phantom_volume(rng, shape)
+                nib.save(nib.Nifti1Image(image, affine), str(tmp / f"phantom_{i:03d}_image.nii.gz"))
+                if i < num_train:
+                    nib.save(nib.Nifti1Image(codes[label], affine), str(tmp / f"phantom_{i:03d}_label.nii.gz"))
+        return out
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / sub).mkdir()

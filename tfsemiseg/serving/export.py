@@ -78,10 +78,24 @@ def load_member(run_dir: Path) -> Member:
     return Member(Path(run_dir), result, weights, from_dict(result["config"]))
 
 
+def label_codes(label_map: Optional[dict[int, int]], num_classes: int) -> Optional[list[int]]:
+    """The dataset's label value of each class, inverting `data.label_map` (raw value ->
+    class; the smallest raw value of a class where several map to it); None without a map.
+    A class no raw value maps to keeps its index; background is 0."""
+    if not label_map:
+        return None
+    codes = list(range(num_classes))
+    for raw, cls in sorted(label_map.items(), reverse=True):
+        if cls != 0:
+            codes[cls] = int(raw)
+    return codes
+
+
 def _served_settings(m: Member) -> dict[str, Any]:
-    cfg = m.config
-    return {"class_names": m.result["class_names"], "image_size": cfg.data.image_size,
-            "slice_axis": cfg.data.slice_axis % 3, "channel": cfg.data.channel, "test_time_mirroring": cfg.evaluation.mirror}
+    cfg, names = m.config, m.result["class_names"]
+    return {"class_names": names, "label_codes": label_codes(cfg.data.label_map, len(names)),
+            "image_size": cfg.data.image_size, "slice_axis": cfg.data.slice_axis % 3,
+            "channel": cfg.data.channel, "test_time_mirroring": cfg.evaluation.mirror}
 
 
 def check_members(members: Sequence[Member]) -> dict[str, Any]:

@@ -81,6 +81,9 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
                 else f"labeled fraction {meta['labeled_fraction']:g}")
     ensemble = f" (an ensemble of {len(meta['members'])} runs)" if meta.get("members") else ""
     first = ", the first member's; each member's run folder holds its own" if meta.get("members") else ""
+    codes = ("\n- Label values: the signature's `labels` are class indices; `predict` writes the dataset's codes ("
+             + ", ".join(f"{n} {c}" for n, c in zip(meta["class_names"], meta["label_codes"])) + ")."
+             if meta.get("label_codes") else "")
     return f"""# {name}
 
 2D U-Net ({model['depth']} levels, base width {model['base_width']}, {model['norm']} normalisation){ensemble} segmenting
@@ -94,7 +97,7 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
   {cfg['split']['seed']}); {fraction} of the train volumes
   ({meta['labeled_volumes']} volumes with labels); method `{meta['method']}`.{_labeled_cases(meta)}
 - Preprocessing (inside the model): per-volume min-max to [0, 1], bilinear resize to the model size;
-  probabilities resized back bilinearly.{mirror}
+  probabilities resized back bilinearly.{mirror}{codes}
 
 ## Metrics
 Pooled Dice is the paper's metric (intersections and sums pooled over all slices at model

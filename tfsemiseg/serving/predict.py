@@ -1,8 +1,10 @@
 """Segment NIfTI volumes with an exported SavedModel, so what is served is what is tested.
 
 Each input volume is sliced along the model's axis, passed through the model's
-`serving_default` signature, and written back as a uint8 label NIfTI with the input's
-shape, affine, qform/sform codes and zooms (optionally a 4D float probability map).
+`serving_default` signature, and written back as a label NIfTI with the input's shape,
+affine, qform/sform codes and zooms (optionally a 4D float probability map). Labels are the
+class indices (uint8), or, for a model trained with `data.label_map` (MM-WHS), the dataset's
+own label codes (`label_codes` in metadata.json; uint8 if they fit, else int16).
 Outputs are written to a temporary file and renamed; existing outputs are refused unless
 `force` is set.
 """
@@ -59,6 +61,8 @@ class ExportedModel:
         self.class_names: list[str] = self.metadata["class_names"]
         self.axis: int = int(self.metadata["slice_axis"])
         self.channel: int = int(self.metadata.get("channel", 0))
+        codes = self.metadata.get("label_codes")
+        self.label_codes: Optional[np.ndarray] = None if codes is None else np.asarray(codes, np.int64)
         self._fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
 
     def segment(self, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +170,11 @@ def predict_files(
         img, data = _read_volume(f, spacing)
         labels, probs = model.segment(data)
         label_path, prob_path = output_paths(f, out_dir)
-        _save_atomic(_like_input(labels, np.uint8, img, spacing), label_path)
+        written, dtype = labels, np.uint8
+        if model.label_codes is not None:
+            dtype = np.uint8 if model.label_codes.max() <= 255 else np.int16
+            written = model.label_codes[labels].astype(dtype)
+        _save_atomic(_like_input(written, dtype, img, spacing), label_path)
         if probabilities:
             _save_atomic(_like_input(probs.astype(np.float32), np.float32, img, spacing), prob_path)
         counts = np.bincount(labels.ravel(), minlength=len(model.class_names))[: len(model.class_names)]
