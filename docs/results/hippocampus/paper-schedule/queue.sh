@@ -14,25 +14,9 @@
 # its latest checkpoint in RUNS.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(git -C "$here" rev-parse --show-toplevel)
-CODE=${CODE:?set CODE to the frozen code tree}
-RUNS=${RUNS:-/work/runs}
-DATA=${DATA:-$repo/../shared/data/Task04_Hippocampus}
-PY=${PY:-$repo/.venv/bin/python}
+source "$here/common.sh"
 METHODS=${METHODS:-"random global global+local-block global+local-stride"}
 FRACTIONS=${FRACTIONS:-"0.05 0.1 0.2"}
-commit=$(cat "$CODE/COMMIT")
-export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1} TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-1}
-
-git_commit() {  # commit only the given paths; one git at a time, retried while another holds the lock
-  local msg=$1; shift
-  for _ in $(seq 30); do
-    if flock "$repo/.git/grid.lock" git -C "$repo" add -- "$@" && \
-       flock "$repo/.git/grid.lock" git -C "$repo" commit -q -m "$msg" -- "$@"; then return 0; fi
-    sleep 10
-  done
-  echo "could not commit $*" >&2
-}
 
 for fold in "$@"; do
   gdone=$RUNS/paper/fold$fold/global
@@ -53,9 +37,7 @@ for fold in "$@"; do
         git_commit "paper-schedule grid: fold $fold global stage (code $commit)" "$gsaved"
       fi
       src=$RUNS/paper/fold$fold/frac$frac/$method/result.json
-      mkdir -p "$(dirname "$out")"
-      "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); r["code_commit"]=sys.argv[3]; json.dump(r,open(sys.argv[2],"w"),indent=1)' \
-          "$src" "$out.tmp" "$commit" && mv "$out.tmp" "$out"
+      keep_result "$src" "$out"
       git_commit "paper-schedule grid: fold $fold, $frac, $method (code $commit)" "$out"
     done
   done

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One-variable trials for the paper-schedule grid, on fold 0's validation volumes.
+#
+#   CODE=/work/gridcode RUNS=/work/runs bash trial.sh NAME FRACTION "METHOD..." [--set KEY=VALUE ...]
+#
+# Runs each METHOD with `cli.py run` on fold 0 from the frozen code tree CODE (the grid's
+# commit, so that a trial differs from the grid's cell only by its overrides),
+# configs/hippocampus.yaml plus the --set overrides, in RUNS/trials/NAME; the fold's finished
+# global stage committed by the grid is reused when the overrides leave it unchanged. Trials
+# are compared on the validation Dice in their stage histories: the grid's code evaluates a
+# run on test too, and those test figures are left out of the copy of result.json kept in
+# NAME/fracF/METHOD/ beside this script (with "code_commit" and "overrides" added), which is
+# committed. Rerun to resume.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+source "$here/common.sh"
+name=$1 frac=$2 methods=$3; shift 3
+out=$RUNS/trials/$name
+gsaved=$here/fold0/global
+if [[ -f $gsaved/stage.json && ! -f $out/fold0/global/stage.json ]]; then
+  mkdir -p "$out/fold0/global" && cp "$gsaved/stage.json" "$gsaved/weights.npz" "$out/fold0/global/"
+fi
+for method in $methods; do
+  dest=$here/trials/$name/frac$frac/$method/result.json
+  [[ -f $dest ]] && continue
+  echo "== $(date -u +%FT%TZ) trial $name, $frac, $method: $*"
+  (cd "$CODE" && "$PY" cli.py run --config configs/hippocampus.yaml --data "$DATA" --out "$out" \
+      --fold 0 --fraction "$frac" --method "$method" \
+      --set "data.cache_dir=$RUNS/cache" "$@") || { echo "trial failed: $name $method" >&2; continue; }
+  src=$(ls -d "$out"/fold0/frac*/"$method"/result.json | head -1)
+  keep_result "$src" "$dest" 'r.pop("metrics", None); r.pop("extra_metrics", None); r["test_metrics"] = "left out: trials are compared on validation"; r["overrides"] = sys.argv[4:]' "$@"
+  git_commit "paper-schedule trial $name: $frac, $method (code $commit)" "$dest"
+done
