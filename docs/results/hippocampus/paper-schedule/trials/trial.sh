@@ -6,7 +6,8 @@
 # Runs each METHOD with `cli.py run` on fold 0 from the frozen code tree CODE (the grid's
 # commit, so that a trial differs from the grid's cell only by its overrides),
 # configs/hippocampus.yaml plus the --set overrides, in RUNS/trials/NAME; the fold's finished
-# global stage committed by the grid is reused when the overrides leave it unchanged. Trials
+# global stage committed by the grid is reused when the overrides leave it unchanged or change
+# only the local head, which it never builds (redigest_global.py). Trials
 # are compared on the validation Dice in their stage histories: the grid's code evaluates a
 # run on test too, and those test figures are left out of the copy of result.json kept in
 # NAME/fracF/METHOD/ beside this script (with "code_commit" and "overrides" added), which is
@@ -19,6 +20,9 @@ out=$RUNS/trials/$name
 gsaved=$here/fold0/global
 if [[ -f $gsaved/stage.json && ! -f $out/fold0/global/stage.json ]]; then
   mkdir -p "$out/fold0/global" && cp "$gsaved/stage.json" "$gsaved/weights.npz" "$out/fold0/global/"
+fi
+if [[ -f $out/fold0/global/stage.json ]]; then  # overrides of the local head only: the same global stage
+  (cd "$CODE" && "$PY" "$here/trials/redigest_global.py" "$out/fold0/global/stage.json" configs/hippocampus.yaml "$@") || exit 1
 fi
 for method in $methods; do
   dest=$here/trials/$name/frac$frac/$method/result.json
