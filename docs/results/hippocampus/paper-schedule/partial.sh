@@ -8,30 +8,33 @@
 # checkpoint (the `checkpoint` index and that step's files) into partial/ beside this script,
 # replacing an older copy; `restore` copies each back into RUNS unless RUNS already holds a
 # checkpoint of that stage at the same or a later step. The queue then resumes from it.
+# For another run folder: SRC=RUN_FOLDER KEEP=FOLDER_IN_THE_REPO bash partial.sh save|restore.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 RUNS=${RUNS:-/work/runs}
+SRC=${SRC:-$RUNS/paper}
+KEEP=${KEEP:-$here/partial}
 step_of() { sed -n 's/^model_checkpoint_path: "ckpt-\([0-9]*\)"$/\1/p' "$1" 2>/dev/null || true; }
 case "${1:-}" in
   save)
-    rm -rf "$here/partial.new"
+    rm -rf "$KEEP.new"
     while IFS= read -r index; do
-      stage=$(dirname "$(dirname "$index")"); rel=${stage#"$RUNS/paper/"}
+      stage=$(dirname "$(dirname "$index")"); rel=${stage#"$SRC/"}
       [[ -f $stage/stage.json ]] && continue
       step=$(step_of "$index"); [[ -n $step ]] || continue
-      mkdir -p "$here/partial.new/$rel/checkpoints"
-      cp "$index" "$stage/checkpoints/ckpt-$step".* "$here/partial.new/$rel/checkpoints/"
+      mkdir -p "$KEEP.new/$rel/checkpoints"
+      cp "$index" "$stage/checkpoints/ckpt-$step".* "$KEEP.new/$rel/checkpoints/"
       echo "saved $rel at step $step"
-    done < <(find "$RUNS/paper" -path '*/checkpoints/checkpoint' | sort)
-    rm -rf "$here/partial"; [[ -d $here/partial.new ]] && mv "$here/partial.new" "$here/partial" || true ;;
+    done < <(find "$SRC" -path '*/checkpoints/checkpoint' | sort)
+    rm -rf "$KEEP"; [[ -d $KEEP.new ]] && mv "$KEEP.new" "$KEEP" || true ;;
   restore)
-    [[ -d $here/partial ]] || { echo "nothing saved"; exit 0; }
+    [[ -d $KEEP ]] || { echo "nothing saved"; exit 0; }
     while IFS= read -r index; do
-      rel=$(dirname "$(dirname "${index#"$here/partial/"}")"); dest=$RUNS/paper/$rel
+      rel=$(dirname "$(dirname "${index#"$KEEP/"}")"); dest=$SRC/$rel
       have=$(step_of "$dest/checkpoints/checkpoint"); want=$(step_of "$index")
       if [[ -f $dest/stage.json || ( -n $have && $have -ge $want ) ]]; then echo "kept $rel (step ${have:-done})"; continue; fi
       mkdir -p "$dest/checkpoints" && cp "$(dirname "$index")"/* "$dest/checkpoints/"
       echo "restored $rel at step $want"
-    done < <(find "$here/partial" -path '*/checkpoints/checkpoint' | sort) ;;
+    done < <(find "$KEEP" -path '*/checkpoints/checkpoint' | sort) ;;
   *) echo "usage: partial.sh save|restore" >&2; exit 2 ;;
 esac
