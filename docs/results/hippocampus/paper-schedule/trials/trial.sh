@@ -9,9 +9,9 @@
 # global stage committed by the grid is reused when the overrides leave it unchanged or change
 # only the local head, which it never builds (redigest_global.py). Trials
 # are compared on the validation Dice in their stage histories: the grid's code evaluates a
-# run on test too, and those test figures are left out of the copy of result.json kept in
-# NAME/fracF/METHOD/ beside this script (with "code_commit" and "overrides" added), which is
-# committed. Rerun to resume.
+# run on test too, and those test figures are left out of the copy of its result.json kept as
+# NAME/fracF/METHOD/trial.json beside this script (with "code_commit" and "overrides" added),
+# which is committed. Rerun to resume.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 source "$here/common.sh"
@@ -25,7 +25,7 @@ if [[ -f $out/fold0/global/stage.json ]]; then  # overrides of the local head on
   (cd "$CODE" && "$PY" "$here/trials/redigest_global.py" "$out/fold0/global/stage.json" configs/hippocampus.yaml "$@") || exit 1
 fi
 for method in $methods; do
-  dest=$here/trials/$name/frac$frac/$method/result.json
+  dest=$here/trials/$name/frac$frac/$method/trial.json  # not result.json: no test figures, not a grid cell
   [[ -f $dest ]] && continue
   echo "== $(date -u +%FT%TZ) trial $name, $frac, $method: $*"
   (cd "$CODE" && "$PY" cli.py run --config configs/hippocampus.yaml --data "$DATA" --out "$out" \
