@@ -7,7 +7,8 @@
 # `save` copies, for every stage folder under RUNS/paper without stage.json, its latest
 # checkpoint (the `checkpoint` index and that step's files) into partial/ beside this script,
 # replacing an older copy; `restore` copies each back into RUNS unless RUNS already holds a
-# checkpoint of that stage at the same or a later step. The queue then resumes from it.
+# checkpoint of that stage at the same or a later step. The queue then resumes from it. A
+# finished local stage of an unfinished cell is kept and restored whole (stage.json, weights).
 # For another run folder: SRC=RUN_FOLDER KEEP=FOLDER_IN_THE_REPO bash partial.sh save|restore.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +27,12 @@ case "${1:-}" in
       cp "$index" "$stage/checkpoints/ckpt-$step".* "$KEEP.new/$rel/checkpoints/"
       echo "saved $rel at step $step"
     done < <(find "$SRC" -path '*/checkpoints/checkpoint' | sort)
+    while IFS= read -r info; do  # a finished local stage whose cell is unfinished: its later stage resumes on it
+      stage=$(dirname "$info"); rel=${stage#"$SRC/"}
+      [[ -f $(dirname "$stage")/result.json ]] && continue
+      mkdir -p "$KEEP.new/$rel" && cp "$info" "$stage/weights.npz" "$KEEP.new/$rel/"
+      echo "saved finished $rel"
+    done < <(find "$SRC" -path '*/local/stage.json' | sort)
     rm -rf "$KEEP"; [[ -d $KEEP.new ]] && mv "$KEEP.new" "$KEEP" || true ;;
   restore)
     [[ -d $KEEP ]] || { echo "nothing saved"; exit 0; }
@@ -35,6 +42,12 @@ case "${1:-}" in
       if [[ -f $dest/stage.json || ( -n $have && $have -ge $want ) ]]; then echo "kept $rel (step ${have:-done})"; continue; fi
       mkdir -p "$dest/checkpoints" && cp "$(dirname "$index")"/* "$dest/checkpoints/"
       echo "restored $rel at step $want"
-    done < <(find "$KEEP" -path '*/checkpoints/checkpoint' | sort) ;;
+    done < <(find "$KEEP" -path '*/checkpoints/checkpoint' | sort)
+    while IFS= read -r info; do
+      rel=$(dirname "${info#"$KEEP/"}"); dest=$SRC/$rel
+      if [[ -f $dest/stage.json ]]; then echo "kept finished $rel"; continue; fi
+      mkdir -p "$dest" && cp "$info" "$(dirname "$info")/weights.npz" "$dest/"
+      echo "restored finished $rel"
+    done < <(find "$KEEP" -name stage.json | sort) ;;
   *) echo "usage: partial.sh save|restore" >&2; exit 2 ;;
 esac
