@@ -83,41 +83,39 @@ def make_phantom(
     rng = np.random.default_rng(seed)
     out = Path(out)
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    if layout == "mmwhs":
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            codes = np.zeros(max(MMWHS_CODES) + 1, np.int16)
-            codes[list(MMWHS_CODES)] = list(MMWHS_CODES.values())
-            for i in range(num_train + num_test):
-                image, label = phantom_volume(rng, shape)
-                nib.save(nib.Nifti1Image(image, affine), str(tmp / f"phantom_{i:03d}_image.nii.gz"))
-                if i < num_train:
-                    nib.save(nib.Nifti1Image(codes[label], affine), str(tmp / f"phantom_{i:03d}_label.nii.gz"))
-        return out
+    codes = np.zeros(max(MMWHS_CODES) + 1, np.int16)
+    codes[list(MMWHS_CODES)] = list(MMWHS_CODES.values())
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for sub in ("imagesTr", "labelsTr", "imagesTs"):
-            (tmp / sub).mkdir()
+        if layout == "msd":
+            for sub in ("imagesTr", "labelsTr", "imagesTs"):
+                (tmp / sub).mkdir()
         training, test = [], []
         for i in range(num_train + num_test):
             image, label = phantom_volume(rng, shape)
-            name = f"phantom_{i:03d}.nii.gz"
-            if i < num_train:
-                nib.save(nib.Nifti1Image(image, affine), str(tmp / "imagesTr" / name))
-                nib.save(nib.Nifti1Image(label, affine), str(tmp / "labelsTr" / name))
-                training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+            labeled = i < num_train
+            if layout == "mmwhs":
+                image_rel, label_rel, label = f"phantom_{i:03d}_image.nii.gz", f"phantom_{i:03d}_label.nii.gz", codes[label]
             else:
-                nib.save(nib.Nifti1Image(image, affine), str(tmp / "imagesTs" / name))
-                test.append(f"./imagesTs/{name}")
-        desc = {
-            "name": "Phantom",
-            "description": "Synthetic two-structure phantom (tfsemiseg make-phantom)",
-            "licence": "CC0",
-            "tensorImageSize": "3D",
-            "modality": {"0": "MRI"},
-            "labels": {"0": "background", "1": "head", "2": "tail"},
-            "numTraining": num_train,
-            "numTest": num_test,
-            "training": training,
-            "test": test,
-        }
-        (tmp / "dataset.json").write_text(json.dumps(desc, indent=2))
+                name = f"phantom_{i:03d}.nii.gz"
+                image_rel, label_rel = f"{'imagesTr' if labeled else 'imagesTs'}/{name}", f"labelsTr/{name}"
+            nib.save(nib.Nifti1Image(image, affine), str(tmp / image_rel))
+            if labeled:
+                nib.save(nib.Nifti1Image(label, affine), str(tmp / label_rel))
+                training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
+            else:
+                test.append(f"./{image_rel}")
+        if layout == "msd":  # MM-WHS has no dataset.json: its file names are the index
+            desc = {
+                "name": "Phantom",
+                "description": "Synthetic two-structure phantom (tfsemiseg make-phantom)",
+                "licence": "CC0",
+                "tensorImageSize": "3D",
+                "modality": {"0": "MRI"},
+                "labels": {"0": "background", "1": "head", "2": "tail"},
+                "numTraining": num_train,
+                "numTest": num_test,
+                "training": training,
+                "test": test,
+            }
+            (tmp / "dataset.json").write_text(json.dumps(desc, indent=2))
     return out

@@ -63,6 +63,7 @@ class ExportedModel:
         self.channel: int = int(self.metadata.get("channel", 0))
         codes = self.metadata.get("label_codes")
         self.label_codes: Optional[np.ndarray] = None if codes is None else np.asarray(codes, np.int64)
+        self.label_dtype = np.uint8 if codes is None or max(codes) <= 255 else np.int16
         self._fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
 
     def segment(self, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +73,10 @@ class ExportedModel:
         labels = np.moveaxis(out["labels"].numpy().astype(np.uint8), 0, self.axis)
         probs = np.moveaxis(out["probabilities"].numpy(), 0, self.axis)
         return labels, probs
+
+    def dataset_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Class indices as the dataset's own label values (`label_dtype`)."""
+        return labels if self.label_codes is None else self.label_codes[labels].astype(self.label_dtype)
 
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
@@ -170,11 +175,7 @@ def predict_files(
         img, data = _read_volume(f, spacing)
         labels, probs = model.segment(data)
         label_path, prob_path = output_paths(f, out_dir)
-        written, dtype = labels, np.uint8
-        if model.label_codes is not None:
-            dtype = np.uint8 if model.label_codes.max() <= 255 else np.int16
-            written = model.label_codes[labels].astype(dtype)
-        _save_atomic(_like_input(written, dtype, img, spacing), label_path)
+        _save_atomic(_like_input(model.dataset_labels(labels), model.label_dtype, img, spacing), label_path)
         if probabilities:
             _save_atomic(_like_input(probs.astype(np.float32), np.float32, img, spacing), prob_path)
         counts = np.bincount(labels.ravel(), minlength=len(model.class_names))[: len(model.class_names)]
