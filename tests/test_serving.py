@@ -300,3 +300,50 @@ def test_ensemble_export_refuses_runs_it_cannot_serve_as_one(trained_run, tmp_pa
     with pytest.raises(TfSemisegError, match=r"flat: not a method folder of a run"):
         export_run([flat], tmp_path / "m", data_dir=trained_run["tmp"] / "data")
     assert not (tmp_path / "m").exists()
+
+
+def test_unpack_rebuilds_the_run_from_its_export(trained_run, tmp_path):
+    from tfsemiseg.cli import cli
+
+    run_dir = trained_run["run_dir"]
+    dest = tmp_path / "again" / "fold0" / "frac1" / "random"
+    res = CliRunner().invoke(cli, ["unpack", str(trained_run["model_dir"]), "--result", str(run_dir / "result.json"),
+                                   "--to", str(dest)])
+    assert res.exit_code == 0, res.output
+    assert (dest / "result.json").read_bytes() == (run_dir / "result.json").read_bytes()
+    with np.load(run_dir / "finetune" / "weights.npz") as own, np.load(dest / "finetune" / "weights.npz") as back:
+        segmenter_keys = {k for k in own.files if not k.startswith(("h1", "h2"))}
+        assert segmenter_keys <= set(back.files)
+        for key in segmenter_keys:
+            np.testing.assert_array_equal(back[key], own[key], err_msg=key)
+    # the rebuilt folder is a run again: exported and evaluated, it scores what the run scored
+    res = CliRunner().invoke(cli, ["export", str(dest), "--to", str(tmp_path / "m"), "--data",
+                                   str(trained_run["tmp"] / "data"), "--parts", "test"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    assert meta["test_metrics"]["pooled_dice"]["mean"] == pytest.approx(
+        trained_run["result"]["metrics"]["pooled_dice"]["mean"], abs=1e-6)
+
+
+def test_unpack_refuses_what_it_cannot_rebuild(trained_run, tmp_path):
+    from tfsemiseg.errors import TfSemisegError
+    from tfsemiseg.serving.unpack import unpack_export
+
+    model_dir, result_path = trained_run["model_dir"], trained_run["run_dir"] / "result.json"
+    dest = tmp_path / "run" / "fold0" / "frac1" / "random"
+    other = json.loads(result_path.read_text())
+    other["config"]["model"]["base_width"] *= 2
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(TfSemisegError, match=r"other.json: its config is not the one .* was trained with"):
+        unpack_export(model_dir, tmp_path / "other.json", dest)
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    fake = tmp_path / "ensemble"  # an ensemble's metadata beside the one model's SavedModel
+    shutil.copytree(model_dir, fake)
+    (fake / "metadata.json").write_text(json.dumps({**meta, "members": [{}, {}]}))
+    with pytest.raises(TfSemisegError, match=r"ensemble: an ensemble of 2 runs; only a model exported from one run"):
+        unpack_export(fake, result_path, dest)
+    with pytest.raises(TfSemisegError, match=r"flat: not a method folder of a run"):
+        unpack_export(model_dir, result_path, tmp_path / "flat")
+    with pytest.raises(TfSemisegError, match=r"not an exported model"):
+        unpack_export(tmp_path, result_path, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble", "other.json"]

@@ -358,6 +358,23 @@ def export(run_dirs: tuple[Path, ...], dest: Path, data_dir: Optional[Path], par
 
 
 @cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--result", "result_path", required=True, type=click.Path(path_type=Path),
+              help="The result.json of the run the model was exported from (a release keeps it).")
+@click.option("--to", "dest", required=True, type=click.Path(path_type=Path),
+              help="The method folder to write, RUN/fold<k>/frac<f>/<method>.")
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+@friendly_errors
+def unpack(model_dir: Path, result_path: Path, dest: Path, force: bool) -> None:
+    """Rebuild a finished run's method folder from a model exported from one run and that
+    run's result.json, e.g. to put a released model into a new ensemble with `export`."""
+    from tfsemiseg.serving.unpack import unpack_export
+
+    unpack_export(model_dir, result_path, dest, overwrite=force)
+    click.echo(f"unpacked {model_dir} to {dest}")
+
+
+@cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="An exported model folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the label NIfTIs.")
