@@ -11,7 +11,8 @@
 # are compared on the validation Dice in their stage histories: the grid's code evaluates a
 # run on test too, and those test figures are left out of the copy of its result.json kept as
 # NAME/fracF/METHOD/trial.json beside this script (with "code_commit" and "overrides" added),
-# which is committed. Rerun to resume.
+# which is committed with the fine-tuning stage's file (finetune_stage.json: every validation
+# in its history). Rerun to resume.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 source "$here/common.sh"
@@ -33,5 +34,6 @@ for method in $methods; do
       --set "data.cache_dir=$RUNS/cache" "$@") || { echo "trial failed: $name $method" >&2; continue; }
   src=$(ls -d "$out"/fold0/frac*/"$method"/result.json | head -1)
   keep_result "$src" "$dest" 'r.pop("metrics", None); r.pop("extra_metrics", None); r["test_metrics"] = "left out: trials are compared on validation"; r["overrides"] = sys.argv[4:]' "$@"
-  git_commit "paper-schedule trial $name: $frac, $method (code $commit)" "$dest"
+  cp "$(dirname "$src")/finetune/stage.json" "$(dirname "$dest")/finetune_stage.json"
+  git_commit "paper-schedule trial $name: $frac, $method (code $commit)" "$dest" "$(dirname "$dest")/finetune_stage.json"
 done
