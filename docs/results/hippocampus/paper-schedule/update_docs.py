@@ -1,0 +1,89 @@
+"""Regenerate the paper-schedule grid's report and the blocks of README.md and docs/results.md
+that quote it.
+
+    python docs/results/hippocampus/paper-schedule/update_docs.py
+
+Runs `cli.py report` on this folder's result files into report/ beside this script (report.md,
+results.csv, the Dice plot), then replaces the text between each pair of markers
+`<!-- NAME -->` ... `<!-- end NAME -->` with the part of report.md it quotes:
+
+    paper-schedule table       README.md, docs/results.md: the pooled Dice table
+    paper-schedule per-volume  docs/results.md: per-volume Dice / HD95, and the paired
+                               comparison with random init
+    paper-schedule claims      docs/results.md: the section "The paper's claims"
+
+A file is rewritten only when a block changed, through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[3]
+REPORT = HERE / "report"
+
+
+def sections(text: str) -> dict[str, str]:
+    """report.md split at its '## ' headings; the part before the first is '' (the tables)."""
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    out = {"": parts[0]}
+    for title, body in zip(parts[1::2], parts[2::2]):
+        out[title.strip()] = body.strip()
+    return out
+
+
+def tables(text: str) -> list[str]:
+    """The Markdown tables of `text`, each with the paragraph just before it."""
+    blocks = [b.strip() for b in text.strip().split("\n\n")]
+    found = []
+    for i, block in enumerate(blocks):
+        if block.startswith("|"):
+            lead = blocks[i - 1] if i and not blocks[i - 1].startswith(("|", "#")) else ""
+            found.append((lead, block))
+    return [f"{lead}\n\n{table}" if lead else table for lead, table in found]
+
+
+def blocks(report: str) -> dict[str, str]:
+    parts = sections(report)
+    top = tables(parts[""])
+    if len(top) < 2:
+        raise SystemExit(f"{REPORT / 'report.md'}: expected the pooled and per-volume tables before the first section")
+    pooled = top[0].split("\n\n")[-1]  # the table alone: the README and docs say what it holds
+    paired = parts.get("Against random init, volume by volume", "")
+    return {
+        "paper-schedule table": pooled,
+        "paper-schedule per-volume": f"{top[1]}\n\n**Against random init, volume by volume.** {paired}",
+        "paper-schedule claims": parts["The paper's claims"],
+    }
+
+
+def replace_blocks(path: Path, new: dict[str, str]) -> bool:
+    text = original = path.read_text()
+    for name, body in new.items():
+        pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n).*?(<!-- end {re.escape(name)} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + body.strip() + "\n" + m.group(2), text)
+    if text == original:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return True
+
+
+def main() -> None:
+    subprocess.run([sys.executable, "cli.py", "report", str(HERE.relative_to(REPO)), "--out",
+                    str(REPORT.relative_to(REPO))], cwd=REPO, check=True)
+    new = blocks((REPORT / "report.md").read_text())
+    for doc in (REPO / "README.md", REPO / "docs" / "results.md"):
+        present = {k: v for k, v in new.items() if f"<!-- {k} -->" in doc.read_text()}
+        print(f"{doc.relative_to(REPO)}: {'updated' if replace_blocks(doc, present) else 'unchanged'} "
+              f"({', '.join(present) or 'no blocks'})")
+
+
+if __name__ == "__main__":
+    main()
