@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Once run.sh has finished: the candidates for the next `hippocampus` release, on validation only.
+#
+#   bash choose.sh            # -> OUT/candidates/{full120,release,full120+release}/metadata.json
+#
+# full120          the 120-epoch run alone
+# release          today's saved_models/hippocampus (40 epochs), its run rebuilt by `unpack`
+#                  from the SavedModel and its result.json kept in docs/results
+# full120+release  both, averaging their softmax inside one SavedModel
+# Each is exported with `--parts val` (test-time mirroring, as served); the metadata of each is
+# copied beside this script as candidates/NAME.json. The test part is evaluated once, for the
+# candidate chosen, by the release's own export command.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(git -C "$here" rev-parse --show-toplevel)
+OUT=${OUT:-/work/runs/i20/full120}
+REL=${REL:-/work/runs/i20/release40}
+data=$repo/../shared/data/Task04_Hippocampus
+cli() { (cd "$repo" && TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 .venv/bin/python cli.py "$@"); }
+full=$OUT/fold0/frac1/random
+[[ -f $full/result_val.json ]] || { echo "$full: not finished (no result_val.json); run run.sh first" >&2; exit 1; }
+[[ -d $REL/fold0/frac1/random ]] || cli unpack saved_models/hippocampus \
+  --result docs/results/hippocampus/release/hippocampus/result.json --to "$REL/fold0/frac1/random"
+mkdir -p "$here/candidates"
+declare -A runs=([full120]="$full" [release]="$REL/fold0/frac1/random"
+                 [full120+release]="$full $REL/fold0/frac1/random")
+for name in full120 release full120+release; do
+  dest=$OUT/candidates/$name
+  [[ -f $dest/metadata.json ]] || cli export ${runs[$name]} --to "$dest" --data "$data" --parts val --force
+  cp "$dest/metadata.json" "$here/candidates/$name.json"
+  python3 - "$dest/metadata.json" "$name" <<'EOF'
+import json, sys
+v = json.load(open(sys.argv[1]))["val_metrics"]
+print(f"{sys.argv[2]:16s} validation pooled Dice {v['pooled_dice']['mean']:.4f}  "
+      f"per-volume Dice {v['volume_dice']['mean_over_classes']:.4f}  HD95 {v['hd95_mm']['mean_over_classes']:.2f} mm")
+EOF
+done
