@@ -331,19 +331,43 @@ def test_unpack_refuses_what_it_cannot_rebuild(trained_run, tmp_path):
 
     model_dir, result_path = trained_run["model_dir"], trained_run["run_dir"] / "result.json"
     dest = tmp_path / "run" / "fold0" / "frac1" / "random"
-    other = json.loads(result_path.read_text())
-    other["config"]["model"]["base_width"] *= 2
-    (tmp_path / "other.json").write_text(json.dumps(other))
+    meta, own = json.loads((model_dir / "metadata.json").read_text()), json.loads(result_path.read_text())
+
+    def variant(name, metadata=None, result=None):
+        """A copy of the exported model with other metadata, or another result file."""
+        if result is not None:
+            (tmp_path / f"{name}.json").write_text(json.dumps(result))
+            return tmp_path / f"{name}.json"
+        shutil.copytree(model_dir, tmp_path / name)
+        (tmp_path / name / "metadata.json").write_text(metadata if isinstance(metadata, str) else json.dumps(metadata))
+        return tmp_path / name
+
+    wider = json.loads(json.dumps(own["config"]))
+    wider["model"]["base_width"] *= 2
     with pytest.raises(TfSemisegError, match=r"other.json: its config is not the one .* was trained with"):
-        unpack_export(model_dir, tmp_path / "other.json", dest)
-    meta = json.loads((model_dir / "metadata.json").read_text())
-    fake = tmp_path / "ensemble"  # an ensemble's metadata beside the one model's SavedModel
-    shutil.copytree(model_dir, fake)
-    (fake / "metadata.json").write_text(json.dumps({**meta, "members": [{}, {}]}))
+        unpack_export(model_dir, variant("other", result={**own, "config": wider}), dest)
     with pytest.raises(TfSemisegError, match=r"ensemble: an ensemble of 2 runs; only a model exported from one run"):
-        unpack_export(fake, result_path, dest)
+        unpack_export(variant("ensemble", {**meta, "members": [{}, {}]}), result_path, dest)
+    with pytest.raises(TfSemisegError, match=r"broken/metadata.json: not valid JSON"):
+        unpack_export(variant("broken", "{not json"), result_path, dest)
+    with pytest.raises(TfSemisegError, match=r"list.json: not the result file of a run"):
+        unpack_export(model_dir, variant("list", result=[own]), dest)
     with pytest.raises(TfSemisegError, match=r"flat: not a method folder of a run"):
         unpack_export(model_dir, result_path, tmp_path / "flat")
+    with pytest.raises(TfSemisegError, match=r"is the result of the cell fold0/frac1/random .*give RUN/fold0/frac1/random"):
+        unpack_export(model_dir, result_path, tmp_path / "run" / "fold1" / "frac0.05" / "random")
     with pytest.raises(TfSemisegError, match=r"not an exported model"):
         unpack_export(tmp_path, result_path, dest)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble", "other.json"]
+    # a config that matches the metadata but not the variables: refused after loading, nothing left behind
+    with pytest.raises(TfSemisegError, match=r"wide: its variables do not fit the U-Net of .*wide.json \(.*differ in shape"):
+        unpack_export(variant("wide", {**meta, "training_config": wider}),
+                      variant("wide", result={**own, "config": wider}), dest)
+    assert not dest.exists() and not list(dest.parent.glob(".*"))
+    # a run evaluated on validation only keeps its result under its own name; an existing cell is kept
+    val_result = variant("result_val", result={**own, "part": "val"})
+    unpack_export(model_dir, val_result, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["finetune", "result_val.json"]
+    with pytest.raises(TfSemisegError, match=r"random: already exists \(use --force"):
+        unpack_export(model_dir, result_path, dest)
+    unpack_export(model_dir, result_path, dest, overwrite=True)
+    assert sorted(p.name for p in dest.iterdir()) == ["finetune", "result.json"]

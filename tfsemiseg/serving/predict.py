@@ -11,7 +11,6 @@ Outputs are written to a temporary file and renamed; existing outputs are refuse
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,7 +25,7 @@ import tensorflow as tf
 from tfsemiseg.data.datasets import case_id_of
 from tfsemiseg.data.nifti import checked_spacing, load_nifti
 from tfsemiseg.errors import DataError, TfSemisegError
-from tfsemiseg.io_utils import ensure_writable_dir
+from tfsemiseg.io_utils import ensure_writable_dir, read_json
 from tfsemiseg.layout import model_files
 
 
@@ -50,7 +49,10 @@ def read_metadata(model_dir: Path) -> dict:
         raise TfSemisegError(
             f"{model_dir}: not an exported model (needs {files.saved_model.name} and {files.metadata.name})"
         )
-    return json.loads(files.metadata.read_text())
+    metadata = read_json(files.metadata)
+    if not isinstance(metadata, dict):
+        raise TfSemisegError(f"{files.metadata}: not a JSON object")
+    return metadata
 
 
 class ExportedModel:

@@ -51,27 +51,38 @@ def tables(text: str) -> list[str]:
 def blocks(report: str) -> dict[str, str]:
     parts = sections(report)
     top = tables(parts[""])
-    if len(top) < 2:
-        raise SystemExit(f"{REPORT / 'report.md'}: expected the pooled and per-volume tables before the first section")
+    missing = [t for t in ("Against random init, volume by volume", "The paper's claims") if t not in parts]
+    if len(top) < 2 or missing:
+        raise SystemExit(f"{REPORT / 'report.md'}: expected the pooled and per-volume tables and the sections "
+                         f"'Against random init, volume by volume' and 'The paper's claims' (missing: "
+                         f"{', '.join(missing) or 'a table'})")
     pooled = top[0].split("\n\n")[-1]  # the table alone: the README and docs say what it holds
-    paired = parts.get("Against random init, volume by volume", "")
     return {
         "paper-schedule table": pooled,
-        "paper-schedule per-volume": f"{top[1]}\n\n**Against random init, volume by volume.** {paired}",
+        "paper-schedule per-volume": f"{top[1]}\n\n**Against random init, volume by volume.** "
+                                     f"{parts['Against random init, volume by volume']}",
         "paper-schedule claims": parts["The paper's claims"],
     }
 
 
 def replace_blocks(path: Path, new: dict[str, str]) -> bool:
+    """Replace each block `name` of `new` in `path`; every start marker needs its own end marker."""
     text = original = path.read_text()
     for name, body in new.items():
-        pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n).*?(<!-- end {re.escape(name)} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + body.strip() + "\n" + m.group(2), text)
+        start, end = f"<!-- {name} -->\n", f"<!-- end {name} -->"
+        pattern = re.compile(rf"({re.escape(start)})((?:(?!{re.escape(start)}).)*?)({re.escape(end)})", re.S)
+        text, count = pattern.subn(lambda m: m.group(1) + body.strip() + "\n" + m.group(3), text)
+        if count != original.count(start):
+            raise SystemExit(f"{path}: {original.count(start)} '{start.strip()}' markers but {count} closed by "
+                             f"'{end}'; nothing written")
     if text == original:
         return False
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return True
 
 

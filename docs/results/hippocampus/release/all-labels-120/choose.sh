@@ -9,24 +9,26 @@
 # full120+release  both, averaging their softmax inside one SavedModel
 # Each is exported with `--parts val` (test-time mirroring, as served); the metadata of each is
 # copied beside this script as candidates/NAME.json. The test part is evaluated once, for the
-# candidate chosen, by the release's own export command.
+# candidate chosen, by the release's own export command (the "release" candidate's metadata
+# carries the test figures published with it; they play no part in the choice).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(git -C "$here" rev-parse --show-toplevel)
-OUT=${OUT:-/work/runs/i20/full120}
-REL=${REL:-/work/runs/i20/release40}
+OUT=$(realpath -m "${OUT:-/work/runs/i20/full120}")
+REL=$(realpath -m "${REL:-/work/runs/i20/release40}")
 data=$repo/../shared/data/Task04_Hippocampus
 cli() { (cd "$repo" && TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 .venv/bin/python cli.py "$@"); }
 full=$OUT/fold0/frac1/random
 [[ -f $full/result_val.json ]] || { echo "$full: not finished (no result_val.json); run run.sh first" >&2; exit 1; }
-[[ -d $REL/fold0/frac1/random ]] || cli unpack saved_models/hippocampus \
-  --result docs/results/hippocampus/release/hippocampus/result.json --to "$REL/fold0/frac1/random"
+rel=$REL/fold0/frac1/random
+[[ -f $rel/result.json ]] || cli unpack saved_models/hippocampus \
+  --result docs/results/hippocampus/release/hippocampus/result.json --to "$rel"
 mkdir -p "$here/candidates"
-declare -A runs=([full120]="$full" [release]="$REL/fold0/frac1/random"
-                 [full120+release]="$full $REL/fold0/frac1/random")
 for name in full120 release full120+release; do
+  case $name in full120) members=("$full") ;; release) members=("$rel") ;; *) members=("$full" "$rel") ;; esac
   dest=$OUT/candidates/$name
-  [[ -f $dest/metadata.json ]] || cli export ${runs[$name]} --to "$dest" --data "$data" --parts val --force
+  grep -q '"val_metrics"' "$dest/metadata.json" 2>/dev/null ||
+    cli export "${members[@]}" --to "$dest" --data "$data" --parts val --force
   cp "$dest/metadata.json" "$here/candidates/$name.json"
   python3 - "$dest/metadata.json" "$name" <<'EOF'
 import json, sys
