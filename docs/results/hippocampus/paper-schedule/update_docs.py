@@ -3,7 +3,7 @@ that quote it.
 
     python docs/results/hippocampus/paper-schedule/update_docs.py
 
-Runs `cli.py report` on this folder's result files into report/ beside this script (report.md,
+Writes the report of `cli.py report` on this folder's result files into report/ beside this script (report.md,
 results.csv, the Dice plot), then replaces the text between each pair of markers
 `<!-- NAME -->` ... `<!-- end NAME -->` with the part of report.md it quotes:
 
@@ -13,15 +13,17 @@ results.csv, the Dice plot), then replaces the text between each pair of markers
     paper-schedule claims      docs/results.md: the section "The paper's claims"
 
 A file is rewritten only when a block changed, through a temporary file and a rename.
+A block a file has no markers for is left out of it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tfsemiseg.io_utils import atomic_write_text
+from tfsemiseg.reporting import write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[3]
@@ -65,35 +67,29 @@ def blocks(report: str) -> dict[str, str]:
     }
 
 
-def replace_blocks(path: Path, new: dict[str, str]) -> bool:
-    """Replace each block `name` of `new` in `path`; every start marker needs its own end marker."""
+def replace_blocks(path: Path, new: dict[str, str]) -> tuple[list[str], bool]:
+    """Replace each block `name` of `new` that `path` has markers for (every start marker needs
+    its own end marker); (the names of those blocks, whether the file changed)."""
     text = original = path.read_text()
-    for name, body in new.items():
-        start, end = f"<!-- {name} -->\n", f"<!-- end {name} -->"
+    present = [name for name in new if f"<!-- {name} -->\n" in original]
+    for name in present:
+        body, start, end = new[name], f"<!-- {name} -->\n", f"<!-- end {name} -->"
         pattern = re.compile(rf"({re.escape(start)})((?:(?!{re.escape(start)}).)*?)({re.escape(end)})", re.S)
         text, count = pattern.subn(lambda m: m.group(1) + body.strip() + "\n" + m.group(3), text)
         if count != original.count(start):
             raise SystemExit(f"{path}: {original.count(start)} '{start.strip()}' markers but {count} closed by "
                              f"'{end}'; nothing written")
-    if text == original:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
+    if text != original:
+        atomic_write_text(path, text)
+    return present, text != original
 
 
 def main() -> None:
-    subprocess.run([sys.executable, "cli.py", "report", str(HERE.relative_to(REPO)), "--out",
-                    str(REPORT.relative_to(REPO))], cwd=REPO, check=True)
-    new = blocks((REPORT / "report.md").read_text())
-    for doc in (REPO / "README.md", REPO / "docs" / "results.md"):
-        present = {k: v for k, v in new.items() if f"<!-- {k} -->" in doc.read_text()}
-        print(f"{doc.relative_to(REPO)}: {'updated' if replace_blocks(doc, present) else 'unchanged'} "
-              f"({', '.join(present) or 'no blocks'})")
+    os.chdir(REPO)  # the report names its folder as given, relative to the repository
+    new = blocks(write_report(HERE.relative_to(REPO), REPORT.relative_to(REPO))["markdown"].read_text())
+    for doc in (Path("README.md"), Path("docs/results.md")):
+        present, changed = replace_blocks(doc, new)
+        print(f"{doc}: {'updated' if changed else 'unchanged'} ({', '.join(present) or 'no blocks'})")
 
 
 if __name__ == "__main__":
