@@ -6,11 +6,15 @@
 #   mkdir -p /work/i20code && git archive 746326e | tar -x -C /work/i20code && echo 746326e > /work/i20code/COMMIT
 #   bash run.sh            # start or resume (restores partial/ first on a new machine)
 #   bash run.sh save       # keep the latest checkpoint in partial/ beside this script
+#
+# A variant of the trial (another folder with its own run.sh) sets CODE, OUT, KEEP (its own
+# partial/ folder) and SETS (further `--set` options, one string) and execs this script.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(git -C "$here" rev-parse --show-toplevel)
-CODE=${CODE:-/work/i20code} OUT=${OUT:-/work/runs/i20/full120}
-keep() { SRC=$OUT KEEP=$here/partial bash "$repo/docs/results/hippocampus/paper-schedule/partial.sh" "$1"; }
+CODE=${CODE:-/work/i20code} OUT=${OUT:-/work/runs/i20/full120} KEEP=${KEEP:-$here/partial}
+read -r -a sets <<< "${SETS:-}"
+keep() { SRC=$OUT KEEP=$KEEP bash "$repo/docs/results/hippocampus/paper-schedule/partial.sh" "$1"; }
 if [[ ${1:-} == save ]]; then keep save; exit; fi
 keep restore
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
@@ -18,4 +22,4 @@ cd "$CODE"
 exec "$repo/.venv/bin/python" cli.py run --config configs/hippocampus.yaml \
   --data "$repo/../shared/data/Task04_Hippocampus" --method random --fraction 1.0 --fold 0 \
   --out "$OUT" --evaluate-on val \
-  --set "data.cache_dir=$(dirname "$OUT")/cache" --set train.finetune_stage.checkpoint_every_steps=600
+  --set "data.cache_dir=$(dirname "$OUT")/cache" --set train.finetune_stage.checkpoint_every_steps=600 "${sets[@]}"
