@@ -12,17 +12,22 @@
 # run on test too, and those test figures are left out of the copy of its result.json kept as
 # NAME/fracF/METHOD/trial.json beside this script (with "code_commit" and "overrides" added),
 # which is committed with the fine-tuning stage's file (finetune_stage.json: every validation
-# in its history). Rerun to resume.
+# in its history). Rerun to resume. FRESH_GLOBAL=1 trains the trial its own global stage (for
+# overrides that change it, e.g. model.base_width) instead of reusing the grid's.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 source "$here/common.sh"
 name=$1 frac=$2 methods=$3; shift 3
 out=$RUNS/trials/$name
 gsaved=$here/fold0/global
-if [[ -f $gsaved/stage.json && ! -f $out/fold0/global/stage.json ]]; then
+tsaved=$here/trials/$name/global  # a FRESH_GLOBAL trial's own finished global stage, kept in the repo
+if [[ ${FRESH_GLOBAL:-0} == 1 && -f $tsaved/stage.json && ! -f $out/fold0/global/stage.json ]]; then
+  mkdir -p "$out/fold0/global" && cp "$tsaved/stage.json" "$tsaved/weights.npz" "$out/fold0/global/"
+fi
+if [[ ${FRESH_GLOBAL:-0} != 1 && -f $gsaved/stage.json && ! -f $out/fold0/global/stage.json ]]; then
   mkdir -p "$out/fold0/global" && cp "$gsaved/stage.json" "$gsaved/weights.npz" "$out/fold0/global/"
 fi
-if [[ -f $out/fold0/global/stage.json ]]; then  # overrides of the local head only: the same global stage
+if [[ ${FRESH_GLOBAL:-0} != 1 && -f $out/fold0/global/stage.json ]]; then  # overrides of the local head only: the same global stage
   (cd "$CODE" && "$PY" "$here/trials/redigest_global.py" "$out/fold0/global/stage.json" configs/hippocampus.yaml "$@") || exit 1
 fi
 for method in $methods; do
@@ -32,6 +37,10 @@ for method in $methods; do
   (cd "$CODE" && "$PY" cli.py run --config configs/hippocampus.yaml --data "$DATA" --out "$out" \
       --fold 0 --fraction "$frac" --method "$method" \
       --set "data.cache_dir=$RUNS/cache" "$@") || { echo "trial failed: $name $method" >&2; continue; }
+  if [[ ${FRESH_GLOBAL:-0} == 1 && -f $out/fold0/global/stage.json && ! -f $tsaved/stage.json ]]; then
+    mkdir -p "$tsaved" && cp "$out/fold0/global/stage.json" "$out/fold0/global/weights.npz" "$tsaved/"
+    git_commit "paper-schedule trial $name: its global stage (code $commit)" "$tsaved"
+  fi
   src=$(ls -d "$out"/fold0/frac*/"$method"/result.json | head -1)
   keep_result "$src" "$dest" 'r.pop("metrics", None); r.pop("extra_metrics", None); r["test_metrics"] = "left out: trials are compared on validation"; r["overrides"] = sys.argv[4:]' "$@"
   cp "$(dirname "$src")/finetune/stage.json" "$(dirname "$dest")/finetune_stage.json"
