@@ -7,6 +7,10 @@
 #   bash run.sh            # start or resume (restores partial/ first on a new machine)
 #   bash run.sh save       # keep the latest checkpoint in partial/ beside this script
 #
+# Once the run finishes, its result_val.json (with "code_commit" added) and its fine-tuning
+# stage file are copied beside its partial/ folder, the folder is dropped, and both are
+# committed at once, so a finished run is never lost with its machine.
+#
 # A variant of the trial (another folder with its own run.sh) sets CODE, OUT, KEEP (its own
 # partial/ folder) and SETS (further `--set` options, one string) and execs this script.
 set -euo pipefail
@@ -18,8 +22,14 @@ keep() { SRC=$OUT KEEP=$KEEP bash "$repo/docs/results/hippocampus/paper-schedule
 if [[ ${1:-} == save ]]; then keep save; exit; fi
 keep restore
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
-cd "$CODE"
-exec "$repo/.venv/bin/python" cli.py run --config configs/hippocampus.yaml \
+(cd "$CODE" && "$repo/.venv/bin/python" cli.py run --config configs/hippocampus.yaml \
   --data "$repo/../shared/data/Task04_Hippocampus" --method random --fraction 1.0 --fold 0 \
   --out "$OUT" --evaluate-on val \
-  --set "data.cache_dir=$(dirname "$OUT")/cache" --set train.finetune_stage.checkpoint_every_steps=600 "${sets[@]}"
+  --set "data.cache_dir=$(dirname "$OUT")/cache" --set train.finetune_stage.checkpoint_every_steps=600 "${sets[@]}")
+dest=$(dirname "$KEEP") run=$OUT/fold0/frac1/random
+source "$repo/docs/results/hippocampus/paper-schedule/common.sh"
+keep_result "$run/result_val.json" "$dest/result_val.json"
+cp "$run/finetune/stage.json" "$dest/finetune_stage.json.tmp" && mv "$dest/finetune_stage.json.tmp" "$dest/finetune_stage.json"
+rm -rf "$KEEP"
+flock "$repo/.git/grid.lock" git -C "$repo" add -A -- "$dest"
+git_commit "$(basename "$dest") run finished (code $commit): result_val.json and its fine-tuning stage file" "$dest"
