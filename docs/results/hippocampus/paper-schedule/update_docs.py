@@ -8,6 +8,7 @@ results.csv, the Dice plot), then replaces the text between each pair of markers
 `<!-- NAME -->` ... `<!-- end NAME -->` with the part of report.md it quotes:
 
     paper-schedule table       README.md, docs/results.md: the pooled Dice table
+    paper-schedule paired      README.md: the per-volume differences from random init (table alone)
     paper-schedule per-volume  docs/results.md: per-volume Dice / HD95, and the paired
                                comparison with random init
     paper-schedule claims      docs/results.md: the section "The paper's claims"
@@ -59,8 +60,12 @@ def blocks(report: str) -> dict[str, str]:
                          f"'Against random init, volume by volume' and 'The paper's claims' (missing: "
                          f"{', '.join(missing) or 'a table'})")
     pooled = top[0].split("\n\n")[-1]  # the table alone: the README and docs say what it holds
+    paired = tables(parts["Against random init, volume by volume"])
+    if not paired:
+        raise SystemExit(f"{REPORT / 'report.md'}: no table under 'Against random init, volume by volume'")
     return {
         "paper-schedule table": pooled,
+        "paper-schedule paired": paired[-1].split("\n\n")[-1],
         "paper-schedule per-volume": f"{top[1]}\n\n**Against random init, volume by volume.** "
                                      f"{parts['Against random init, volume by volume']}",
         "paper-schedule claims": parts["The paper's claims"],
