@@ -9,7 +9,9 @@
 # fraction by fraction, in the order of METHODS; each finished cell's result.json is copied
 # next to this script (with "code_commit" added) and committed at once, and so is each
 # fold's finished global stage (stage.json + weights.npz), which a new machine restores
-# before training, so that no finished work is lost when a machine is replaced.
+# before training, so that no finished work is lost when a machine is replaced. After each
+# cell, update_docs.py rewrites the report and the tables quoted in README.md and
+# docs/results.md, and the change is committed.
 # Re-running the same command resumes: finished cells are skipped, a stage restarts from
 # its latest checkpoint in RUNS.
 set -uo pipefail
@@ -39,6 +41,10 @@ for fold in "$@"; do
       src=$RUNS/paper/fold$fold/frac$frac/$method/result.json
       keep_result "$src" "$out"
       git_commit "paper-schedule grid: fold $fold, $frac, $method (code $commit)" "$out"
+      docs=("$repo/README.md" "$repo/docs/results.md" "$here/report")  # the tables follow each cell
+      if "$PY" "$here/update_docs.py" && [[ -n $(git -C "$repo" status --porcelain -- "${docs[@]}") ]]; then
+        git_commit "paper-schedule: tables and claims with fold $fold, $frac, $method" "${docs[@]}"
+      fi
     done
   done
 done
