@@ -286,3 +286,9 @@ def test_replace_reads_older_dotted_keys():
     assert cfg.train.local_loss.block_size == 8
     with pytest.raises(ConfigError, match="train.local_stage.mode: the local loss's mode is the method's"):
         Config().replace(**{"train.local_stage.mode": "block"})
+
+
+def test_select_best_is_refused_for_the_local_stage(tmp_path):
+    with pytest.raises(ConfigError, match="train.local_stage.select_best must be false: the local stage has no validation score"):
+        Config().replace(**{"train.local_stage.select_best": True})
+    assert Config().train.global_stage.select_best is False and Config().train.finetune_stage.select_best is True

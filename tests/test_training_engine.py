@@ -1,10 +1,12 @@
-"""The training engine in one process: learning, TensorBoard, non-finite loss, skipped steps.
+"""The training engine in one process: learning, TensorBoard, non-finite loss, skipped steps,
+the best checkpoint by validation loss.
 
 Every model is a tiny U-Net (depth 2, width 4-8) on 16x16 or 32x32 slices.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -17,8 +19,10 @@ from conftest import cfg_with, no_aug
 from tfsemiseg.data.prepared import TrainingArrays, prepare_dataset, training_arrays
 from tfsemiseg.inference import predict_probabilities
 from tfsemiseg.metrics import PooledDice
-from tfsemiseg.training.engine import Trainer, TrainingError
-from tfsemiseg.training.stages import FinetuneTask, LocalTask
+from tfsemiseg.data.pipelines import global_dataset
+from tfsemiseg.testing import dense_nt_xent
+from tfsemiseg.training.engine import Trainer, TrainingError, write_stage_done
+from tfsemiseg.training.stages import FinetuneTask, GlobalTask, LocalTask
 
 NUM_CLASSES = 3
 EPOCHS = 50  # of 4 steps
@@ -217,3 +221,66 @@ def test_local_batches_without_foreground_are_skipped_without_any_change(make_cf
     assert math.isnan(result.last_loss) and math.isnan(result.history[0]["loss"])
     assert int(trainer.optimizer.iterations.numpy()) == 1
     _assert_same(_weights(task.output_model), after)
+
+
+# --------------------------------------------------------------------------- best checkpoint by validation loss
+
+
+class ScriptedValidation(GlobalTask):
+    """A global task whose validations report the losses of `script` in turn, recording the
+    weights each one scored."""
+
+    script = (3.0, 1.0, 2.0, 5.0)
+
+    def validate(self):
+        self.scored = getattr(self, "scored", []) + [_weights(self.output_model)]
+        return {"loss": self.script[len(self.scored) - 1]}
+
+
+@pytest.mark.parametrize("select_best", [True, False])
+def test_global_stage_keeps_the_checkpoint_of_the_lowest_validation_loss(make_cfg, tmp_path, select_best) -> None:
+    cfg = _tiny(make_cfg()).replace(**{"train.global_stage": {
+        "epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "checkpoint_every_steps": 0, "select_best": select_best}})
+    images, labels = _blobs(8, 16)
+    task = ScriptedValidation(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES)
+    trainer = Trainer(task, task.optim, tmp_path / "global", tf.distribute.get_strategy(), progress=False)
+    result = trainer.fit()
+    assert [row["val_loss"] for row in result.history] == list(ScriptedValidation.script)
+    kept = _weights(task.output_model)
+    write_stage_done(tmp_path / "global", result, {})
+    info = json.loads((tmp_path / "global" / "stage.json").read_text())
+    if select_best:  # epoch 2's weights, restored after the last epoch
+        assert result.best_loss == 1.0 and info["best_val_loss"] == 1.0
+        _assert_same(kept, task.scored[1])
+        assert any(not np.array_equal(kept[k], task.scored[3][k]) for k in kept if "kernel" in k)
+    else:  # the last epoch's, and no best recorded
+        assert result.best_loss is None and "best_val_loss" not in info
+        _assert_same(kept, task.scored[3])
+    assert result.best_dice is None and info["best_val_dice"] is None
+
+
+def test_global_validation_loss_is_nt_xent_of_fixed_views_in_inference_mode(make_cfg) -> None:
+    cfg = _tiny(make_cfg()).replace(**{"train.global_stage.batch_size": 4})
+    images, labels = _blobs(10, 16)
+    arrays = TrainingArrays(images, images, labels, [], [])
+    keras.utils.set_random_seed(0)
+    task = GlobalTask(cfg, arrays, NUM_CLASSES, val_images=images[:10])
+    task.build()
+    model, t = task.output_model, cfg.train.global_loss.temperature
+
+    def expected(val: np.ndarray, batch: int) -> float:  # 10 slices in batches of 4: two, 2 slices dropped
+        views = global_dataset(val, batch, cfg.augment, GlobalTask.VALIDATION_SEED, deterministic=True)
+        losses = []
+        for a, b in views.take(len(val) // batch):
+            assert not np.allclose(a.numpy(), b.numpy())  # two augmented views
+            z = model(tf.concat([a, b], 0), training=False).numpy().astype(np.float64)
+            losses.append(float(dense_nt_xent(z[:batch], z[batch:], t)))
+        return float(np.mean(losses))
+
+    first = task.validate()["loss"]
+    assert first == pytest.approx(expected(images, 4), rel=1e-5)
+    assert task.validate()["loss"] == first  # the same views at every validation
+    few = GlobalTask(cfg, arrays, NUM_CLASSES, val_images=images[:3])  # fewer slices than a batch: one batch of 3
+    few.unet = task.unet
+    assert few.validate()["loss"] == pytest.approx(expected(images[:3], 3), rel=1e-5)
+    assert GlobalTask(cfg, arrays, NUM_CLASSES).validate() is None

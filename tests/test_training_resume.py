@@ -3,6 +3,7 @@ a retrained parent stage makes the stages after it stale; older stage digests ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -187,14 +188,13 @@ def _older_digest(cfg, plan, mode: str, spacing: bool = True) -> str:
     """The stage digest as the version before train.global_loss / train.local_loss wrote it:
     the loss settings and a mode inside the stage's own section (`spacing=False`: as the
     versions before data.spacing wrote it)."""
-    import hashlib
-
     d = cfg.to_dict()
     d["data"].pop("cache_dir")
     if not spacing:
         d["data"].pop("spacing")
     train = d["train"]
-    stage = dict(train[f"{plan.name}_stage"], temperature=0.1, mode="stride", stride=4, block_size=16)
+    stage = {k: v for k, v in train[f"{plan.name}_stage"].items() if k != "select_best"}  # not in those versions
+    stage.update(temperature=0.1, mode="stride", stride=4, block_size=16)
     if plan.name in ("global", "local"):
         stage.update(train[f"{plan.name}_loss"])
     if plan.name == "local":
@@ -237,3 +237,51 @@ def test_finished_stages_of_the_previous_config_layout_are_reused(tmp_path):
         assert "finished with a different configuration" in str(exc)
     else:
         raise AssertionError("a stage finished with other settings was reused")
+
+
+def test_select_best_at_its_former_behaviour_keeps_the_digest():
+    """Before `select_best` existed, fine-tuning kept its best validation checkpoint and the
+    other stages their last: at those values a stage's digest is the one those versions
+    wrote (no `select_best` in it), so their finished stages are reused; other values change it."""
+    from tfsemiseg.config import load_config
+    from tfsemiseg.training.methods import _stage_digest
+    from tfsemiseg.training.plans import METHODS
+
+    cfg = load_config(REPO / "configs" / "hippocampus.yaml")
+    for plan in METHODS["global+local-block"]:
+        d = cfg.to_dict()
+        d["data"].pop("cache_dir")
+        stage = {k: v for k, v in d["train"][f"{plan.name}_stage"].items() if k != "select_best"}
+        parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
+                 "stage": stage, "seed": d["train"]["seed"],
+                 "plan": [plan.name, plan.init_from, plan.local_mode, plan.variant],
+                 "loss": d["train"][f"{plan.name}_loss"] if plan.name != "finetune" else None}
+        if parts["loss"] is None:
+            parts.pop("loss")
+        before = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        assert _stage_digest(cfg, plan) == before, plan
+    glob, tune = METHODS["global"]
+    assert _stage_digest(cfg.replace(**{"train.global_stage.select_best": True}), glob) != _stage_digest(cfg, glob)
+    assert _stage_digest(cfg.replace(**{"train.finetune_stage.select_best": False}), tune) != _stage_digest(cfg, tune)
+
+
+def test_global_stage_selected_on_validation_loss_end_to_end(phantom_dir, tmp_path):
+    """`train.global_stage.select_best: true` through the CLI: the global stage validates its
+    NT-Xent on the split's validation slices every epoch, keeps the lowest, and the stage file
+    and result.json record it."""
+    cfg = _three_stage_config(tmp_path)
+    root = tmp_path / "r"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "run", "--config", str(cfg), "--data", str(phantom_dir),
+         "--method", "global", "--fraction", "0.5", "--fold", "0", "--out", str(root),
+         "--set", "train.global_stage.epochs=3", "--set", "train.global_stage.select_best=true",
+         "--set", "train.finetune_stage.epochs=1"],
+        cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((root / "fold0" / "global" / "stage.json").read_text())
+    losses = [row["val_loss"] for row in info["history"]]
+    assert len(losses) == 3 and all(v > 0 for v in losses)
+    assert info["best_val_loss"] == min(losses) and info["best_val_dice"] is None
+    result = json.loads((root / "fold0" / "frac0.5" / "global" / "result.json").read_text())
+    assert result["stages"]["global"]["best_val_loss"] == min(losses)
+    assert result["stages"]["finetune"]["best_val_loss"] is None

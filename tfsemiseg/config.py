@@ -194,6 +194,10 @@ class OptimConfig:
     checkpoint_every_steps: int = 200
     validate_every_epochs: int = 1  # fine-tune: validation Dice and best-checkpoint selection
     validate_from_epoch: int = 0  # no validation (nor selection) before this epoch; the last epoch always validates
+    # keep the checkpoint with the best validation score rather than the last: fine-tuning by
+    # validation Dice (the default), the global stage by its NT-Xent loss on two augmented views
+    # of the validation slices (the reference code's choice; off by default); no local stage validates
+    select_best: bool = True
 
     def validate(self) -> None:
         _check(self.epochs >= 0, "epochs", "must be >= 0")
@@ -289,8 +293,12 @@ class SelfTrainingConfig:
 class TrainConfig:
     """Stages and the runtime they share."""
 
-    global_stage: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=70, batch_size=64, learning_rate=1e-4))
-    local_stage: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=60, batch_size=4, learning_rate=1e-4))
+    global_stage: OptimConfig = field(
+        default_factory=lambda: OptimConfig(epochs=70, batch_size=64, learning_rate=1e-4, select_best=False)
+    )
+    local_stage: OptimConfig = field(
+        default_factory=lambda: OptimConfig(epochs=60, batch_size=4, learning_rate=1e-4, select_best=False)
+    )
     finetune_stage: OptimConfig = field(
         default_factory=lambda: OptimConfig(epochs=120, batch_size=8, learning_rate=5e-4)
     )
@@ -314,6 +322,8 @@ class TrainConfig:
             except ConfigError as exc:
                 raise ConfigError(f"train.{name}.{exc}") from None
         _check(self.devices >= 0, "train.devices", "must be >= 0")
+        _check(not self.local_stage.select_best, "train.local_stage.select_best",
+               "must be false: the local stage has no validation score")
 
 
 @dataclass(frozen=True)

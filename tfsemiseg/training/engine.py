@@ -86,7 +86,8 @@ class Task:
     images_per_step: int = 1
 
     def validate(self) -> Optional[dict[str, float]]:
-        """Validation metrics (must include 'dice' to select the best checkpoint), or None."""
+        """Validation metrics, or None. With the stage's `select_best`, the best checkpoint is the
+        one of the highest 'dice' or, for a task that reports no 'dice', of the lowest 'loss'."""
         return None
 
     def summary_images(self) -> dict[str, np.ndarray]:
@@ -102,6 +103,7 @@ class FitResult:
     seconds: float
     last_loss: float
     best_dice: Optional[float] = None
+    best_loss: Optional[float] = None
     validation_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -196,9 +198,12 @@ class Trainer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_dice = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_dice")
+        # a checkpoint written before `best_loss` existed restores without it (it stays +inf)
+        self.best_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_loss")
         items = dict(task.checkpoint_items())
         self.ckpt = tf.train.Checkpoint(
-            optimizer=self.optimizer, step=self.step, epoch=self.epoch, best_dice=self.best_dice, rng=self.rng, **items
+            optimizer=self.optimizer, step=self.step, epoch=self.epoch, best_dice=self.best_dice,
+            best_loss=self.best_loss, rng=self.rng, **items
         )
         self.manager = tf.train.CheckpointManager(self.ckpt, str(stage_files(write_dir).checkpoints), max_to_keep=2)
         self.best_ckpt = tf.train.Checkpoint(**items)
@@ -314,9 +319,12 @@ class Trainer:
         self.writer.flush()
         # own best first (a non-chief's copy equals the chief's, which may still be written)
         best = self.best_manager.latest_checkpoint or self._chief_checkpoint(best=True)
-        if float(self.best_dice) >= 0 and best:
+        best_dice = float(self.best_dice) if float(self.best_dice) >= 0 else None
+        best_loss = float(self.best_loss) if math.isfinite(float(self.best_loss)) else None
+        if (best_dice is not None or best_loss is not None) and best:
             self.best_ckpt.restore(best).expect_partial()
-            self.log.info(f"restored best checkpoint (validation Dice {float(self.best_dice):.4f})")
+            score = f"Dice {best_dice:.4f}" if best_dice is not None else f"loss {best_loss:.4f}"
+            self.log.info(f"restored best checkpoint (validation {score})")
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
         return FitResult(
@@ -325,7 +333,8 @@ class Trainer:
             epochs=int(self.epoch),
             seconds=time.perf_counter() - start_time,
             last_loss=last_loss,
-            best_dice=float(self.best_dice) if float(self.best_dice) >= 0 else None,
+            best_dice=best_dice,
+            best_loss=best_loss,
             validation_seconds=self.validation_seconds,
             history=history,
         )
@@ -358,8 +367,12 @@ class Trainer:
                 tf.summary.scalar(f"{self.task.name}/val_{key}", value)
             for tag, images in self.task.summary_images().items():
                 tf.summary.image(f"{self.task.name}/{tag}", images, step=step, max_outputs=len(images))
-        if "dice" in metrics and metrics["dice"] > float(self.best_dice):
-            self.best_dice.assign(metrics["dice"])
+        if optim.select_best and "dice" in metrics:
+            if metrics["dice"] > float(self.best_dice):
+                self.best_dice.assign(metrics["dice"])
+                self.best_manager.save(checkpoint_number=step)
+        elif optim.select_best and "loss" in metrics and metrics["loss"] < float(self.best_loss):
+            self.best_loss.assign(metrics["loss"])
             self.best_manager.save(checkpoint_number=step)
         return {**{f"val_{k}": float(v) for k, v in metrics.items()}, "val_seconds": seconds}
 
@@ -373,6 +386,7 @@ def write_stage_done(stage_dir: Path, result: FitResult, extra: dict[str, Any]) 
         "seconds": round(result.seconds, 2),
         "last_loss": result.last_loss,
         "best_val_dice": result.best_dice,
+        **({"best_val_loss": result.best_loss} if result.best_loss is not None else {}),
         "validation_seconds": round(result.validation_seconds, 2),
         "history": result.history,
         **extra,

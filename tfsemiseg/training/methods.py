@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import time
+
+import numpy as np
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -41,8 +43,11 @@ def _digest_parts(cfg: Config, plan: StagePlan) -> dict[str, Any]:
     d = cfg.to_dict()
     d["data"].pop("cache_dir")  # where slices are cached does not change a result
     train = d["train"]
+    stage = train[f"{plan.name}_stage"]
+    if stage.pop("select_best") != (plan.name == "finetune"):  # versions before it: fine-tuning alone selected
+        stage["select_best"] = plan.name != "finetune"
     parts = {"data": d["data"], "split": d["split"], "model": d["model"], "augment": d["augment"],
-             "stage": train[f"{plan.name}_stage"], "seed": train["seed"],
+             "stage": stage, "seed": train["seed"],
              "plan": [plan.name, plan.init_from, plan.local_mode, plan.variant]}
     if plan.variant == "self-training":  # teachers by identity, however spelled
         parts["self_training"] = {**train["self_training"],
@@ -106,6 +111,8 @@ def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, arr
     k = len(data.class_names)
     kw = {"init_from": init, "num_replicas": num_replicas}
     if plan.name == "global":
+        if cfg.train.global_stage.select_best:  # scored on the validation slices' images
+            kw["val_images"] = np.concatenate([v.image for v in evaluation_volumes(data, split, "val")])
         return GlobalTask(cfg, arrays, k, **kw)
     if plan.name == "local":
         if plan.local_mode == "self":
@@ -272,7 +279,8 @@ def evaluate_method(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell,
     for plan in METHODS[cell.method]:
         info = read_json(run.stage_done(cell, plan.name))
         stages[plan.name] = {k: info.get(k) for k in ("seconds", "validation_seconds", "steps", "epochs", "last_loss",
-                                                      "best_val_dice", "init", "precision", "teacher_weights_sha256")}
+                                                      "best_val_dice", "best_val_loss", "init", "precision",
+                                                      "teacher_weights_sha256")}
     labeled = split.labeled(cell.fraction)
     result = {
         "method": cell.method, "fold": cell.fold, "fraction": cell.fraction, "part": part,

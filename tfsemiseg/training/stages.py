@@ -73,10 +73,16 @@ class UNetTask(Task):
 
 class GlobalTask(UNetTask):
     name = "global"
+    VALIDATION_SEED = 1234  # the same two views of each validation slice at every validation
 
-    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int, **kw: Any):
+    def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int,
+                 val_images: Optional[np.ndarray] = None, **kw: Any):
+        """`val_images` [N, H, W]: the validation slices, scored by `validate` (NT-Xent on two
+        fixed augmented views of each, in inference mode); None: no validation."""
         super().__init__(cfg, cfg.train.global_stage, num_classes, len(arrays.unlabeled_images), **kw)
         self.images = arrays.unlabeled_images
+        self.val_images = val_images if val_images is not None and len(val_images) >= 2 else None
+        self._val_loss = None  # compiled at the first validation
 
     @property
     def output_model(self) -> keras.Model:
@@ -92,6 +98,25 @@ class GlobalTask(UNetTask):
 
     def dataset(self, seed: int) -> tf.data.Dataset:
         return global_dataset(self.images, self.optim.batch_size, self.cfg.augment, seed, self.cfg.train.deterministic)
+
+    def validate(self) -> Optional[dict[str, float]]:
+        """{'loss': mean NT-Xent over the validation batches}: the training batch size (fewer
+        when there are fewer slices), a remainder dropped as in training."""
+        if self.val_images is None:
+            return None
+        if self._val_loss is None:
+            model, temperature = self.unet.global_model, self.cfg.train.global_loss.temperature
+
+            @tf.function
+            def val_loss(view_a, view_b):
+                z_a, z_b = tf.split(model(tf.concat([view_a, view_b], 0), training=False), 2, axis=0)
+                return global_contrastive_loss(z_a, z_b, temperature)
+
+            self._val_loss = val_loss
+        batch = min(self.optim.batch_size, len(self.val_images))
+        views = global_dataset(self.val_images, batch, self.cfg.augment, self.VALIDATION_SEED, deterministic=True)
+        losses = [float(self._val_loss(a, b)) for a, b in views.take(len(self.val_images) // batch)]
+        return {"loss": float(np.mean(losses))}
 
 
 class LocalTask(UNetTask):
