@@ -226,37 +226,51 @@ def test_local_batches_without_foreground_are_skipped_without_any_change(make_cf
 # --------------------------------------------------------------------------- best checkpoint by validation loss
 
 
-class ScriptedValidation(GlobalTask):
+class ScriptedLoss(GlobalTask):
     """A global task whose validations report the losses of `script` in turn, recording the
     weights each one scored."""
 
-    script = (3.0, 1.0, 2.0, 5.0)
+    script = (3.0, 1.0, 2.0, 5.0)  # the lowest: epoch 2
 
     def validate(self):
         self.scored = getattr(self, "scored", []) + [_weights(self.output_model)]
         return {"loss": self.script[len(self.scored) - 1]}
 
 
+class ScriptedDice(FinetuneTask):
+    """The same for fine-tuning's validation Dice."""
+
+    script = (0.2, 0.9, 0.5, 0.1)  # the highest: epoch 2
+
+    def validate(self):
+        self.scored = getattr(self, "scored", []) + [_weights(self.output_model)]
+        return {"dice": self.script[len(self.scored) - 1]}
+
+
 @pytest.mark.parametrize("select_best", [True, False])
-def test_global_stage_keeps_the_checkpoint_of_the_lowest_validation_loss(make_cfg, tmp_path, select_best) -> None:
-    cfg = _tiny(make_cfg()).replace(**{"train.global_stage": {
+@pytest.mark.parametrize("task_class", [ScriptedLoss, ScriptedDice])
+def test_the_best_validated_checkpoint_is_kept_only_with_select_best(make_cfg, tmp_path, task_class,
+                                                                       select_best) -> None:
+    stage, key = ("global", "loss") if task_class is ScriptedLoss else ("finetune", "dice")
+    cfg = _tiny(make_cfg()).replace(**{f"train.{stage}_stage": {
         "epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "checkpoint_every_steps": 0, "select_best": select_best}})
     images, labels = _blobs(8, 16)
-    task = ScriptedValidation(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES)
-    trainer = Trainer(task, task.optim, tmp_path / "global", tf.distribute.get_strategy(), progress=False)
+    task = task_class(cfg, TrainingArrays(images, images, labels, [], []), NUM_CLASSES)
+    trainer = Trainer(task, task.optim, tmp_path / stage, tf.distribute.get_strategy(), progress=False)
     result = trainer.fit()
-    assert [row["val_loss"] for row in result.history] == list(ScriptedValidation.script)
+    assert [row[f"val_{key}"] for row in result.history] == list(task_class.script)  # validated either way
     kept = _weights(task.output_model)
-    write_stage_done(tmp_path / "global", result, {})
-    info = json.loads((tmp_path / "global" / "stage.json").read_text())
+    write_stage_done(tmp_path / stage, result, {})
+    info = json.loads((tmp_path / stage / "stage.json").read_text())
+    best, other = (result.best_loss, result.best_dice) if key == "loss" else (result.best_dice, result.best_loss)
+    assert other is None and info["best_val_dice"] == result.best_dice
     if select_best:  # epoch 2's weights, restored after the last epoch
-        assert result.best_loss == 1.0 and info["best_val_loss"] == 1.0
+        assert best == task_class.script[1] and info[f"best_val_{key}"] == best
         _assert_same(kept, task.scored[1])
         assert any(not np.array_equal(kept[k], task.scored[3][k]) for k in kept if "kernel" in k)
     else:  # the last epoch's, and no best recorded
-        assert result.best_loss is None and "best_val_loss" not in info
+        assert best is None and info.get(f"best_val_{key}") is None
         _assert_same(kept, task.scored[3])
-    assert result.best_dice is None and info["best_val_dice"] is None
 
 
 def test_global_validation_loss_is_nt_xent_of_fixed_views_in_inference_mode(make_cfg) -> None:
@@ -280,7 +294,13 @@ def test_global_validation_loss_is_nt_xent_of_fixed_views_in_inference_mode(make
     first = task.validate()["loss"]
     assert first == pytest.approx(expected(images, 4), rel=1e-5)
     assert task.validate()["loss"] == first  # the same views at every validation
+    # as two replicas would train: the forward pass in chunks of 2 views x 2 slices, the same loss
+    halves = GlobalTask(cfg, arrays, NUM_CLASSES, val_images=images, num_replicas=2)
+    halves.unet = task.unet
+    assert halves.validate()["loss"] == pytest.approx(first, rel=1e-5)
     few = GlobalTask(cfg, arrays, NUM_CLASSES, val_images=images[:3])  # fewer slices than a batch: one batch of 3
     few.unet = task.unet
     assert few.validate()["loss"] == pytest.approx(expected(images[:3], 3), rel=1e-5)
     assert GlobalTask(cfg, arrays, NUM_CLASSES).validate() is None
+    with pytest.raises(ValueError, match="at least 2 slices, got 1"):
+        GlobalTask(cfg, arrays, NUM_CLASSES, val_images=images[:1])

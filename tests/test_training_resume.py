@@ -243,8 +243,10 @@ def test_select_best_at_its_former_behaviour_keeps_the_digest():
     """Before `select_best` existed, fine-tuning kept its best validation checkpoint and the
     other stages their last: at those values a stage's digest is the one those versions
     wrote (no `select_best` in it), so their finished stages are reused; other values change it."""
+    import dataclasses
+
     from tfsemiseg.config import load_config
-    from tfsemiseg.training.methods import _stage_digest
+    from tfsemiseg.training.methods import _older_digests, _stage_digest
     from tfsemiseg.training.plans import METHODS
 
     cfg = load_config(REPO / "configs" / "hippocampus.yaml")
@@ -260,6 +262,16 @@ def test_select_best_at_its_former_behaviour_keeps_the_digest():
             parts.pop("loss")
         before = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
         assert _stage_digest(cfg, plan) == before, plan
+    for method, plans in METHODS.items():  # every plan, at the former behaviour: no select_best in the digest
+        for plan in plans:
+            stage_dict = dataclasses.asdict(getattr(cfg.train, f"{plan.name}_stage"))
+            assert stage_dict["select_best"] == (plan.name == "finetune"), (method, plan)
+    # the grid's finished global stages (written before select_best existed) are still reused
+    glob = METHODS["global"][0]
+    saved = sorted((REPO / "docs" / "results" / "hippocampus" / "paper-schedule").glob("fold*/global/stage.json"))
+    for path in saved:
+        digest = json.loads(path.read_text())["config_digest"]
+        assert digest in [_stage_digest(cfg, glob), *_older_digests(cfg, glob)], path
     glob, tune = METHODS["global"]
     assert _stage_digest(cfg.replace(**{"train.global_stage.select_best": True}), glob) != _stage_digest(cfg, glob)
     assert _stage_digest(cfg.replace(**{"train.finetune_stage.select_best": False}), tune) != _stage_digest(cfg, tune)
@@ -285,3 +297,12 @@ def test_global_stage_selected_on_validation_loss_end_to_end(phantom_dir, tmp_pa
     result = json.loads((root / "fold0" / "frac0.5" / "global" / "result.json").read_text())
     assert result["stages"]["global"]["best_val_loss"] == min(losses)
     assert result["stages"]["finetune"]["best_val_loss"] is None
+    # a fold without validation slices: one clear error
+    none = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "run", "--config", str(cfg), "--data", str(phantom_dir),
+         "--method", "global", "--fraction", "0.5", "--fold", "0", "--out", str(tmp_path / "none"),
+         "--set", "split.ratios=[3,0,1]", "--set", "train.global_stage.select_best=true"],
+        cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=400)
+    assert none.returncode != 0 and "Traceback" not in none.stderr
+    assert ("train.global_stage.select_best: fold 0 has 0 validation volume(s) and 0 slice(s); the validation "
+            "loss needs at least 2 slices") in none.stderr, none.stderr[-2000:]

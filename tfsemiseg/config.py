@@ -192,7 +192,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     clip_norm: Optional[float] = None
     checkpoint_every_steps: int = 200
-    validate_every_epochs: int = 1  # fine-tune: validation Dice and best-checkpoint selection
+    validate_every_epochs: int = 1  # stages that validate (fine-tuning; the global stage with select_best)
     validate_from_epoch: int = 0  # no validation (nor selection) before this epoch; the last epoch always validates
     # keep the checkpoint with the best validation score rather than the last: fine-tuning by
     # validation Dice (the default), the global stage by its NT-Xent loss on two augmented views

@@ -319,8 +319,9 @@ class Trainer:
         self.writer.flush()
         # own best first (a non-chief's copy equals the chief's, which may still be written)
         best = self.best_manager.latest_checkpoint or self._chief_checkpoint(best=True)
-        best_dice = float(self.best_dice) if float(self.best_dice) >= 0 else None
-        best_loss = float(self.best_loss) if math.isfinite(float(self.best_loss)) else None
+        # a best recorded before a resume with select_best off is not used
+        best_dice = float(self.best_dice) if optim.select_best and float(self.best_dice) >= 0 else None
+        best_loss = float(self.best_loss) if optim.select_best and math.isfinite(float(self.best_loss)) else None
         if (best_dice is not None or best_loss is not None) and best:
             self.best_ckpt.restore(best).expect_partial()
             score = f"Dice {best_dice:.4f}" if best_dice is not None else f"loss {best_loss:.4f}"

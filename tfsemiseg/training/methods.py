@@ -112,7 +112,12 @@ def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, arr
     kw = {"init_from": init, "num_replicas": num_replicas}
     if plan.name == "global":
         if cfg.train.global_stage.select_best:  # scored on the validation slices' images
-            kw["val_images"] = np.concatenate([v.image for v in evaluation_volumes(data, split, "val")])
+            volumes = evaluation_volumes(data, split, "val")
+            if sum(v.num_slices for v in volumes) < 2:
+                raise TfSemisegError(
+                    f"train.global_stage.select_best: fold {cell.fold} has {len(volumes)} validation volume(s) and "
+                    f"{sum(v.num_slices for v in volumes)} slice(s); the validation loss needs at least 2 slices")
+            kw["val_images"] = np.concatenate([v.image for v in volumes])
         return GlobalTask(cfg, arrays, k, **kw)
     if plan.name == "local":
         if plan.local_mode == "self":

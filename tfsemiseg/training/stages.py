@@ -51,6 +51,7 @@ class UNetTask(Task):
         num_replicas: int = 1,
     ):
         self.cfg, self.optim, self.num_classes = cfg, optim, num_classes
+        self.num_replicas = num_replicas
         self.init_from = init_from
         self.transfer: Optional[TransferReport] = None
         self.unet: Optional[UNet] = None
@@ -77,11 +78,13 @@ class GlobalTask(UNetTask):
 
     def __init__(self, cfg: Config, arrays: TrainingArrays, num_classes: int,
                  val_images: Optional[np.ndarray] = None, **kw: Any):
-        """`val_images` [N, H, W]: the validation slices, scored by `validate` (NT-Xent on two
-        fixed augmented views of each, in inference mode); None: no validation."""
+        """`val_images` [N, H, W], N >= 2: the validation slices, scored by `validate` (NT-Xent
+        on two fixed augmented views of each, in inference mode); None: no validation."""
         super().__init__(cfg, cfg.train.global_stage, num_classes, len(arrays.unlabeled_images), **kw)
         self.images = arrays.unlabeled_images
-        self.val_images = val_images if val_images is not None and len(val_images) >= 2 else None
+        if val_images is not None and len(val_images) < 2:
+            raise ValueError(f"the global stage's validation needs at least 2 slices, got {len(val_images)}")
+        self.val_images = val_images
         self._val_loss = None  # compiled at the first validation
 
     @property
@@ -101,15 +104,20 @@ class GlobalTask(UNetTask):
 
     def validate(self) -> Optional[dict[str, float]]:
         """{'loss': mean NT-Xent over the validation batches}: the training batch size (fewer
-        when there are fewer slices), a remainder dropped as in training."""
+        when there are fewer slices), a remainder dropped as in training. On one device, in
+        chunks of a replica's training forward pass (2 views x its share of the batch)."""
         if self.val_images is None:
             return None
         if self._val_loss is None:
             model, temperature = self.unet.global_model, self.cfg.train.global_loss.temperature
+            chunk = 2 * max(1, self.optim.batch_size // self.num_replicas)
 
             @tf.function
             def val_loss(view_a, view_b):
-                z_a, z_b = tf.split(model(tf.concat([view_a, view_b], 0), training=False), 2, axis=0)
+                views = tf.concat([view_a, view_b], 0)
+                n = views.shape[0]
+                z = tf.concat([model(views[i : i + chunk], training=False) for i in range(0, n, chunk)], 0)
+                z_a, z_b = tf.split(z, 2, axis=0)
                 return global_contrastive_loss(z_a, z_b, temperature)
 
             self._val_loss = val_loss
