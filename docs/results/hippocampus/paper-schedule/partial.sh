@@ -22,6 +22,7 @@ case "${1:-}" in
     while IFS= read -r index; do
       stage=$(dirname "$(dirname "$index")"); rel=${stage#"$SRC/"}
       [[ -f $stage/stage.json ]] && continue
+      [[ -f $here/$(dirname "$rel")/result.json ]] && continue  # its cell finished (on another machine)
       step=$(step_of "$index"); [[ -n $step ]] || continue
       mkdir -p "$KEEP.new/$rel/checkpoints"
       cp "$index" "$stage/checkpoints/ckpt-$step".* "$KEEP.new/$rel/checkpoints/"
