@@ -13,7 +13,8 @@
 # NAME/fracF/METHOD/trial.json beside this script (with "code_commit" and "overrides" added),
 # which is committed with the fine-tuning stage's file (finetune_stage.json: every validation
 # in its history). Rerun to resume. FRESH_GLOBAL=1 trains the trial its own global stage (for
-# overrides that change it, e.g. model.base_width) instead of reusing the grid's.
+# overrides that change it, e.g. model.base_width) instead of reusing the grid's. Methods
+# without a global stage (random, mixup, ...) neither copy nor check the grid's.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 source "$here/common.sh"
@@ -24,10 +25,11 @@ tsaved=$here/trials/$name/global  # a FRESH_GLOBAL trial's own finished global s
 if [[ ${FRESH_GLOBAL:-0} == 1 && -f $tsaved/stage.json && ! -f $out/fold0/global/stage.json ]]; then
   mkdir -p "$out/fold0/global" && cp "$tsaved/stage.json" "$tsaved/weights.npz" "$out/fold0/global/"
 fi
-if [[ ${FRESH_GLOBAL:-0} != 1 && -f $gsaved/stage.json && ! -f $out/fold0/global/stage.json ]]; then
+uses_global=0; for method in $methods; do [[ $method == global* ]] && uses_global=1; done
+if [[ $uses_global == 1 && ${FRESH_GLOBAL:-0} != 1 && -f $gsaved/stage.json && ! -f $out/fold0/global/stage.json ]]; then
   mkdir -p "$out/fold0/global" && cp "$gsaved/stage.json" "$gsaved/weights.npz" "$out/fold0/global/"
 fi
-if [[ ${FRESH_GLOBAL:-0} != 1 && -f $out/fold0/global/stage.json ]]; then  # overrides of the local head only: the same global stage
+if [[ $uses_global == 1 && ${FRESH_GLOBAL:-0} != 1 && -f $out/fold0/global/stage.json ]]; then  # overrides of the local head only: the same global stage
   (cd "$CODE" && "$PY" "$here/trials/redigest_global.py" "$out/fold0/global/stage.json" configs/hippocampus.yaml "$@") || exit 1
 fi
 for method in $methods; do
@@ -37,7 +39,8 @@ for method in $methods; do
   (cd "$CODE" && "$PY" cli.py run --config configs/hippocampus.yaml --data "$DATA" --out "$out" \
       --fold 0 --fraction "$frac" --method "$method" \
       --set "data.cache_dir=$RUNS/cache" "$@") || { echo "trial failed: $name $method" >&2; continue; }
-  if [[ ${FRESH_GLOBAL:-0} == 1 && -f $out/fold0/global/stage.json && ! -f $tsaved/stage.json ]]; then
+  if [[ ${FRESH_GLOBAL:-0} == 1 && -f $out/fold0/global/stage.json && ! -f $tsaved/stage.json ]] &&
+     ! cmp -s "$out/fold0/global/weights.npz" "$gsaved/weights.npz"; then  # its own, not a copy of the grid's
     mkdir -p "$tsaved" && cp "$out/fold0/global/stage.json" "$out/fold0/global/weights.npz" "$tsaved/"
     git_commit "paper-schedule trial $name: its global stage (code $commit)" "$tsaved"
   fi
