@@ -8,7 +8,8 @@
 # checkpoint (the `checkpoint` index and that step's files) into partial/ beside this script,
 # replacing an older copy; `restore` copies each back into RUNS unless RUNS already holds a
 # checkpoint of that stage at the same or a later step. The queue then resumes from it. A
-# finished local stage of an unfinished cell is kept and restored whole (stage.json, weights).
+# finished local stage of an unfinished cell, and a fold's finished global stage that the
+# queue has not committed yet, are kept and restored whole (stage.json, weights).
 # For another run folder: SRC=RUN_FOLDER KEEP=FOLDER_IN_THE_REPO bash partial.sh save|restore.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,6 +35,12 @@ case "${1:-}" in
       mkdir -p "$KEEP.new/$rel" && cp "$info" "$stage/weights.npz" "$KEEP.new/$rel/"
       echo "saved finished $rel"
     done < <(find "$SRC" -path '*/local/stage.json' | sort)
+    while IFS= read -r info; do  # a fold's finished global stage that queue.sh has not committed yet
+      stage=$(dirname "$info"); rel=${stage#"$SRC/"}
+      [[ -f $here/$rel/stage.json ]] && continue
+      mkdir -p "$KEEP.new/$rel" && cp "$info" "$stage/weights.npz" "$KEEP.new/$rel/"
+      echo "saved finished $rel"
+    done < <(find "$SRC" -maxdepth 3 -path '*/fold*/global/stage.json' | sort)
     rm -rf "$KEEP"; [[ -d $KEEP.new ]] && mv "$KEEP.new" "$KEEP" || true ;;
   restore)
     [[ -d $KEEP ]] || { echo "nothing saved"; exit 0; }
