@@ -368,12 +368,11 @@ class Trainer:
                 tf.summary.scalar(f"{self.task.name}/val_{key}", value)
             for tag, images in self.task.summary_images().items():
                 tf.summary.image(f"{self.task.name}/{tag}", images, step=step, max_outputs=len(images))
-        if optim.select_best and "dice" in metrics:
-            if metrics["dice"] > float(self.best_dice):
-                self.best_dice.assign(metrics["dice"])
-                self.best_manager.save(checkpoint_number=step)
-        elif optim.select_best and "loss" in metrics and metrics["loss"] < float(self.best_loss):
-            self.best_loss.assign(metrics["loss"])
+        # the best by Dice (higher), or by loss (lower) for a task that reports no Dice
+        best, value, sign = ((self.best_dice, metrics.get("dice"), 1.0) if "dice" in metrics
+                             else (self.best_loss, metrics.get("loss"), -1.0))
+        if optim.select_best and value is not None and sign * value > sign * float(best):
+            best.assign(value)
             self.best_manager.save(checkpoint_number=step)
         return {**{f"val_{k}": float(v) for k, v in metrics.items()}, "val_seconds": seconds}
 

@@ -12,10 +12,10 @@ import dataclasses
 import hashlib
 import json
 import time
-
-import numpy as np
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
 
 from tfsemiseg.config import Config, from_dict
 from tfsemiseg.data.prepared import PreparedData, TrainingArrays, evaluation_volumes, prepare_dataset, training_arrays
@@ -113,10 +113,11 @@ def _make_task(cfg: Config, plan: StagePlan, data: PreparedData, cell: Cell, arr
     if plan.name == "global":
         if cfg.train.global_stage.select_best:  # scored on the validation slices' images
             volumes = evaluation_volumes(data, split, "val")
-            if sum(v.num_slices for v in volumes) < 2:
+            slices = sum(v.num_slices for v in volumes)
+            if slices < 2:
                 raise TfSemisegError(
                     f"train.global_stage.select_best: fold {cell.fold} has {len(volumes)} validation volume(s) and "
-                    f"{sum(v.num_slices for v in volumes)} slice(s); the validation loss needs at least 2 slices")
+                    f"{slices} slice(s); the validation loss needs at least 2 slices")
             kw["val_images"] = np.concatenate([v.image for v in volumes])
         return GlobalTask(cfg, arrays, k, **kw)
     if plan.name == "local":

@@ -30,6 +30,5 @@ dest=$(dirname "$KEEP") run=$OUT/fold0/frac1/random
 source "$repo/docs/results/hippocampus/paper-schedule/common.sh"
 keep_result "$run/result_val.json" "$dest/result_val.json"
 cp "$run/finetune/stage.json" "$dest/finetune_stage.json.tmp" && mv "$dest/finetune_stage.json.tmp" "$dest/finetune_stage.json"
-rm -rf "$KEEP"
-flock "$repo/.git/grid.lock" git -C "$repo" add -A -- "$dest"
+rm -rf "$KEEP"  # git_commit's `git add` stages its removal too
 git_commit "$(basename "$dest") run finished (code $commit): result_val.json and its fine-tuning stage file" "$dest"
