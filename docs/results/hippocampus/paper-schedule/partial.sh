@@ -10,20 +10,24 @@
 # checkpoint of that stage at the same or a later step. The queue then resumes from it. A
 # finished local stage of an unfinished cell, and a fold's finished global stage that the
 # queue has not committed yet, are kept and restored whole (stage.json, weights).
-# For another run folder: SRC=RUN_FOLDER KEEP=FOLDER_IN_THE_REPO bash partial.sh save|restore.
+# For another run folder: SRC=RUN_FOLDER KEEP=FOLDER_IN_THE_REPO DONE=FOLDER_IN_THE_REPO bash partial.sh
+# save|restore, DONE being where that run's finished cells and global stages are committed
+# (trials/NAME/partial.sh does this for a trial).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 RUNS=${RUNS:-/work/runs}
 SRC=${SRC:-$RUNS/paper}
 KEEP=${KEEP:-$here/partial}
+DONE=${DONE:-$here}
 step_of() { sed -n 's/^model_checkpoint_path: "ckpt-\([0-9]*\)"$/\1/p' "$1" 2>/dev/null || true; }
 case "${1:-}" in
   save)
+    [[ -d $SRC ]] || { echo "nothing to save: no $SRC"; exit 0; }
     rm -rf "$KEEP.new"
     while IFS= read -r index; do
       stage=$(dirname "$(dirname "$index")"); rel=${stage#"$SRC/"}
       [[ -f $stage/stage.json ]] && continue
-      [[ -f $here/$(dirname "$rel")/result.json ]] && continue  # its cell finished (on another machine)
+      [[ -f $DONE/$(dirname "$rel")/result.json ]] && continue  # its cell finished (on another machine)
       step=$(step_of "$index"); [[ -n $step ]] || continue
       mkdir -p "$KEEP.new/$rel/checkpoints"
       cp "$index" "$stage/checkpoints/ckpt-$step".* "$KEEP.new/$rel/checkpoints/"
@@ -37,7 +41,7 @@ case "${1:-}" in
     done < <(find "$SRC" -path '*/local/stage.json' | sort)
     while IFS= read -r info; do  # a fold's finished global stage that queue.sh has not committed yet
       stage=$(dirname "$info"); rel=${stage#"$SRC/"}
-      [[ -f $here/$rel/stage.json ]] && continue
+      [[ -f $DONE/$rel/stage.json ]] && continue
       mkdir -p "$KEEP.new/$rel" && cp "$info" "$stage/weights.npz" "$KEEP.new/$rel/"
       echo "saved finished $rel"
     done < <(find "$SRC" -maxdepth 3 -path '*/fold*/global/stage.json' | sort)
