@@ -5,7 +5,8 @@
 #   RUNS=/work/runs bash partial.sh restore   # partial/ -> RUNS, where RUNS has not got further
 #
 # `save` copies, for every stage folder under RUNS/paper without stage.json, its latest
-# checkpoint (the `checkpoint` index and that step's files) into partial/ beside this script,
+# checkpoint (the `checkpoint` index and that step's files), and for a stage with
+# `select_best` its best checkpoint so far (best/), into partial/ beside this script,
 # replacing an older copy; `restore` copies each back into RUNS unless RUNS already holds a
 # checkpoint of that stage at the same or a later step. The queue then resumes from it. A
 # finished local stage of an unfinished cell, and a fold's finished global stage that the
@@ -31,7 +32,9 @@ case "${1:-}" in
       step=$(step_of "$index"); [[ -n $step ]] || continue
       mkdir -p "$KEEP.new/$rel/checkpoints"
       cp "$index" "$stage/checkpoints/ckpt-$step".* "$KEEP.new/$rel/checkpoints/"
-      echo "saved $rel at step $step"
+      best=$(step_of "$stage/best/checkpoint")  # a stage with select_best: its best checkpoint so far
+      if [[ -n $best ]]; then mkdir -p "$KEEP.new/$rel/best" && cp "$stage/best/checkpoint" "$stage/best/ckpt-$best".* "$KEEP.new/$rel/best/"; fi
+      echo "saved $rel at step $step${best:+ (best at step $best)}"
     done < <(find "$SRC" -path '*/checkpoints/checkpoint' | sort)
     while IFS= read -r info; do  # a finished local stage whose cell is unfinished: its later stage resumes on it
       stage=$(dirname "$info"); rel=${stage#"$SRC/"}
@@ -53,6 +56,8 @@ case "${1:-}" in
       have=$(step_of "$dest/checkpoints/checkpoint"); want=$(step_of "$index")
       if [[ -f $dest/stage.json || ( -n $have && $have -ge $want ) ]]; then echo "kept $rel (step ${have:-done})"; continue; fi
       mkdir -p "$dest/checkpoints" && cp "$(dirname "$index")"/* "$dest/checkpoints/"
+      saved_best=$(dirname "$(dirname "$index")")/best  # the best checkpoint goes with the latest one
+      if [[ -d $saved_best ]]; then rm -rf "$dest/best" && mkdir -p "$dest/best" && cp "$saved_best"/* "$dest/best/"; fi
       echo "restored $rel at step $want"
     done < <(find "$KEEP" -path '*/checkpoints/checkpoint' | sort)
     while IFS= read -r info; do
