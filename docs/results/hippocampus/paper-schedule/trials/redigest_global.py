@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd()))
-from cli import load_with_overrides  # noqa: E402  (the frozen tree's cli.py)
+try:  # the frozen tree's cli.py (before 0b815bb) or tfsemiseg/cli.py (from 0b815bb on)
+    from cli import load_with_overrides  # noqa: E402
+except ImportError:
+    from tfsemiseg.cli import load_with_overrides  # noqa: E402
 from tfsemiseg.training.methods import StagePlan, _stage_digest  # noqa: E402
 
 UNUSED_BY_GLOBAL = ("model.local_head_dims", "data.cache_dir", "train.local_", "train.finetune_")
