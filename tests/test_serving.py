@@ -346,8 +346,16 @@ def test_unpack_refuses_what_it_cannot_rebuild(trained_run, tmp_path):
     wider["model"]["base_width"] *= 2
     with pytest.raises(TfSemisegError, match=r"other.json: its config is not the one .* was trained with"):
         unpack_export(model_dir, variant("other", result={**own, "config": wider}), dest)
-    with pytest.raises(TfSemisegError, match=r"ensemble: an ensemble of 2 runs; only a model exported from one run"):
+    with pytest.raises(TfSemisegError, match=r"ensemble: an ensemble of 2 runs; name the one to unpack \(--member 0 to 1\)"):
         unpack_export(variant("ensemble", {**meta, "members": [{}, {}]}), result_path, dest)
+    with pytest.raises(TfSemisegError, match=r"exported from one run, not an ensemble; --member applies to ensembles only"):
+        unpack_export(model_dir, result_path, dest, member=0)
+    stage = json.loads((trained_run["run_dir"] / "finetune" / "stage.json").read_text())
+    with pytest.raises(TfSemisegError, match=r"other_fold.json: its fold 1 differs from .*result.json's; give the "
+                                             r"fine-tuning stage file of the same run"):
+        unpack_export(model_dir, result_path, dest, stage_path=variant("other_fold", result={**stage, "fold": 1}))
+    with pytest.raises(TfSemisegError, match=r"global.json: not the stage file of a fine-tuning stage"):
+        unpack_export(model_dir, result_path, dest, stage_path=variant("global", result={**stage, "stage": "global"}))
     with pytest.raises(TfSemisegError, match=r"broken/metadata.json: not valid JSON"):
         unpack_export(variant("broken", "{not json"), result_path, dest)
     with pytest.raises(TfSemisegError, match=r"list.json: not the result file of a run"):
@@ -371,3 +379,50 @@ def test_unpack_refuses_what_it_cannot_rebuild(trained_run, tmp_path):
         unpack_export(model_dir, result_path, dest)
     unpack_export(model_dir, result_path, dest, overwrite=True)
     assert sorted(p.name for p in dest.iterdir()) == ["finetune", "result.json"]
+
+
+def test_unpack_rebuilds_each_member_of_an_ensemble_as_a_teacher(trained_run, tmp_path, monkeypatch):
+    from tfsemiseg.cli import cli
+    from tfsemiseg.errors import TfSemisegError
+    from tfsemiseg.serving.export import export_run
+    from tfsemiseg.serving.unpack import unpack_export
+    from tfsemiseg.training.engine import stage_finished
+    from tfsemiseg.training.methods import _trained_config
+
+    runs = [trained_run["run_dir"], _perturbed_copy(trained_run["run_dir"], tmp_path / "run" / "fold0" / "frac1"
+                                                    / "random", 0.05, seed=11)]
+    model_dir = export_run(runs, tmp_path / "ensemble")
+    for i, run_dir in enumerate(runs):
+        dest = tmp_path / f"back{i}" / "fold0" / "frac1" / "random"
+        res = CliRunner().invoke(cli, ["unpack", str(model_dir), "--member", str(i), "--result",
+                                       str(run_dir / "result.json"), "--stage", str(run_dir / "finetune" / "stage.json"),
+                                       "--to", str(dest)])
+        assert res.exit_code == 0, res.output
+        with np.load(run_dir / "finetune" / "weights.npz") as own, np.load(dest / "finetune" / "weights.npz") as back:
+            keys = {k for k in own.files if not k.startswith(("h1", "h2"))}
+            assert keys <= set(back.files)
+            for key in keys:
+                np.testing.assert_array_equal(back[key], own[key], err_msg=f"member {i}: {key}")
+        # with its stage file, the folder is a finished cell that records its config: a teacher
+        assert stage_finished(dest / "finetune") and _trained_config(dest) == trained_run["cfg"]
+    with pytest.raises(TfSemisegError, match=r"an ensemble of 2 runs has no member 2 \(--member 0 to 1\)"):
+        unpack_export(model_dir, runs[0] / "result.json", tmp_path / "x" / "fold0" / "frac1" / "random", member=2)
+    # members trained with another seed than the one the result file records are refused
+    other = json.loads((runs[1] / "result.json").read_text())
+    (tmp_path / "seed5.json").write_text(json.dumps({**other, "seed": 5}))
+    with pytest.raises(TfSemisegError, match=r"seed5.json: seed 5 differs from .*ensemble's member 1 0"):
+        unpack_export(model_dir, tmp_path / "seed5.json", tmp_path / "x" / "fold0" / "frac1" / "random", member=1)
+    # variables that, split into members, do not rebuild the served ensemble are refused
+    import tfsemiseg.serving.unpack as unpack_module
+
+    split = unpack_module._variable_groups
+
+    def off(model_dir, loaded):
+        groups = split(model_dir, loaded)
+        groups[1] = {k: v * 1.5 if k.endswith("kernel") else v for k, v in groups[1].items()}
+        return groups
+
+    monkeypatch.setattr(unpack_module, "_variable_groups", off)
+    with pytest.raises(TfSemisegError, match=r"ensemble: its variables, split into 2 members, do not reproduce its output"):
+        unpack_export(model_dir, runs[0] / "result.json", tmp_path / "x" / "fold0" / "frac1" / "random", member=0)
+    assert not (tmp_path / "x").exists()

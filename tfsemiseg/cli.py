@@ -363,15 +363,23 @@ def export(run_dirs: tuple[Path, ...], dest: Path, data_dir: Optional[Path], par
               help="The result.json of the run the model was exported from (a release keeps it).")
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path),
               help="The method folder to write, RUN/fold<k>/frac<f>/<method>.")
+@click.option("--member", type=int, default=None,
+              help="For an ensemble: the member to rebuild (its index in metadata.json members); "
+                   "--result is then that member's result file.")
+@click.option("--stage", "stage_path", type=click.Path(path_type=Path), default=None,
+              help="The run's fine-tuning stage.json (a release keeps it): written as finetune/stage.json, "
+                   "so that the folder can teach a self-training student.")
 @click.option("--force", is_flag=True, help="Replace DEST if it exists.")
 @friendly_errors
-def unpack(model_dir: Path, result_path: Path, dest: Path, force: bool) -> None:
-    """Rebuild a finished run's method folder from a model exported from one run and that
-    run's result.json, e.g. to put a released model into a new ensemble with `export`."""
+def unpack(model_dir: Path, result_path: Path, dest: Path, member: Optional[int], stage_path: Optional[Path],
+           force: bool) -> None:
+    """Rebuild a finished run's method folder from an exported model (or one member of an
+    exported ensemble) and that run's result.json, e.g. to put a released model into a new
+    ensemble with `export`, or to let it teach a student."""
     from tfsemiseg.serving.unpack import unpack_export
 
-    unpack_export(model_dir, result_path, dest, overwrite=force)
-    click.echo(f"unpacked {model_dir} to {dest}")
+    unpack_export(model_dir, result_path, dest, overwrite=force, member=member, stage_path=stage_path)
+    click.echo(f"unpacked {model_dir}{'' if member is None else f' member {member}'} to {dest}")
 
 
 @cli.command()
