@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A third round of self-training towards the next `hippocampus-5pct` release: the two students
-# of today's release (second round, seeds 0 and 1), unpacked from saved_models/hippocampus-5pct
-# with their result and stage files kept in docs/results/hippocampus/release/hippocampus-5pct/,
+# A third round of self-training (the `hippocampus-5pct` release of 2026-12-04): the two
+# students of the second-round release (seeds 0 and 1), unpacked from its SavedModel (taken
+# from commit e4bbc72, which released it as saved_models/hippocampus-5pct) with their result
+# and stage files kept in docs/results/hippocampus/release/hippocampus-5pct-round2/,
 # teach one new student, as the second round's teachers taught them (fold 0, 5%: the labels of
 # the same 7 volumes, pseudo-labels for the 125 other train volumes; evaluated on validation
 # only). From frozen code (commit 2577fe0, which has `unpack --member`), one thread.
@@ -18,12 +19,17 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(git -C "$here" rev-parse --show-toplevel)
 name=$1; shift
 CODE=${CODE:-/work/i20stcode} RUNS=${RUNS:-/work/runs} PY=$repo/.venv/bin/python
-release=$repo/docs/results/hippocampus/release/hippocampus-5pct
+release=$repo/docs/results/hippocampus/release/hippocampus-5pct-round2
+model=$RUNS/i20/round3/hippocampus-5pct-round2
+if [[ ! -f $model/saved_model.pb ]]; then  # the second-round release, as committed
+  mkdir -p "$model.tmp" && git -C "$repo" archive e4bbc72 saved_models/hippocampus-5pct | tar -x -C "$model.tmp" &&
+    mv "$model.tmp/saved_models/hippocampus-5pct" "$model" && rm -rf "$model.tmp"
+fi
 teachers=()
 for i in 0 1; do
   t=$RUNS/i20/round3/teacher$i/fold0/frac0.05/self-training
   if [[ ! -f $t/finetune/stage.json ]]; then
-    (cd "$CODE" && "$PY" cli.py unpack "$repo/saved_models/hippocampus-5pct" --member $i --force \
+    (cd "$CODE" && "$PY" cli.py unpack "$model" --member $i --force \
         --result "$release/seed$i/result_val.json" --stage "$release/seed$i/finetune_stage.json" --to "$t")
   fi
   teachers+=("\"$t\"")
