@@ -1,44 +1,56 @@
 #!/usr/bin/env bash
-# Once run.sh has finished: the candidates for the next `hippocampus` release, on validation only.
+# The candidates for the next `hippocampus` release, on validation only.
 #
-#   bash choose.sh            # -> OUT/candidates/{full120,release,full120+release,w32}/metadata.json
+#   bash choose.sh [CANDIDATE...]    # -> OUT/candidates/CANDIDATE/metadata.json, copied to candidates/CANDIDATE.json
 #
-# full120          the 120-epoch run alone
-# release          today's saved_models/hippocampus (40 epochs), its run rebuilt by `unpack`
-#                  from the SavedModel and its result.json kept in docs/results
-# full120+release  both, averaging their softmax inside one SavedModel
-# w32              the width-32 bfloat16 run of ../all-labels-w32/run.sh, once it has finished
-# Each is exported with `--parts val` (test-time mirroring, as served); the metadata of each is
-# copied beside this script as candidates/NAME.json. The test part is evaluated once, for the
-# candidate chosen, by the release's own export command (the "release" candidate's metadata
-# carries the test figures published with it; they play no part in the choice).
+# A candidate is one member or several joined by '+', averaging their softmax inside one
+# SavedModel (`export RUN...`). The members:
+#   full120           the 120-epoch run of run.sh (its run folder is gone since 2026-12-03:
+#                     candidates/full120*.json keep its figures)
+#   release           today's saved_models/hippocampus (40 epochs), its run rebuilt by `unpack`
+#                     (../all-labels-self-training/run.sh rebuilds it in the same folder)
+#   w32               the width-32 bfloat16 run of ../all-labels-w32/run.sh
+#   st-NAME           student NAME of ../all-labels-self-training/run.sh
+# Without arguments: full120, release and full120+release (the first comparison).
+# Each is exported with `--parts val` (test-time mirroring, as served). The test part is
+# evaluated once, for the candidate chosen, by the release's own export command (the "release"
+# candidate's metadata carries the test figures published with it; they play no part in the choice).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(git -C "$here" rev-parse --show-toplevel)
-OUT=$(realpath -m "${OUT:-/work/runs/i20/full120}")
-REL=$(realpath -m "${REL:-/work/runs/i20/release40}")
-W32=$(realpath -m "${W32:-/work/runs/i20/w32}")/fold0/frac1/random
+RUNS=${RUNS:-/work/runs}
+OUT=$(realpath -m "${OUT:-$RUNS/i20/full120}")
 data=$repo/../shared/data/Task04_Hippocampus
 cli() { (cd "$repo" && TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 .venv/bin/python cli.py "$@"); }
-full=$OUT/fold0/frac1/random
-[[ -f $full/result_val.json ]] || { echo "$full: not finished (no result_val.json); run run.sh first" >&2; exit 1; }
-rel=$REL/fold0/frac1/random
-[[ -f $rel/result.json ]] || cli unpack saved_models/hippocampus \
-  --result docs/results/hippocampus/release/hippocampus/result.json --to "$rel"
+member() {  # member NAME -> its finished run folder
+  local run
+  case $1 in
+    full120) run=$OUT/fold0/frac1/random ;;
+    release) run=$RUNS/i20/release40/fold0/frac1/random
+      [[ -f $run/result.json ]] || cli unpack saved_models/hippocampus \
+        --result docs/results/hippocampus/release/hippocampus/result.json --to "$run" >&2 ;;
+    w32) run=$RUNS/i20/w32/fold0/frac1/random ;;
+    st-*) run=$RUNS/i20/all-labels-st/${1#st-}/fold0/frac1/self-training ;;
+    *) echo "choose.sh: unknown member $1 (full120, release, w32, st-NAME)" >&2; return 1 ;;
+  esac
+  [[ -f $run/result_val.json || -f $run/result.json ]] || { echo "choose.sh: $1 is not finished ($run)" >&2; return 1; }
+  echo "$run"
+}
+(( $# )) || set -- full120 release full120+release
 mkdir -p "$here/candidates"
-names=(full120 release full120+release)
-[[ -f $W32/result_val.json ]] && names+=(w32)
-for name in "${names[@]}"; do
-  case $name in full120) members=("$full") ;; release) members=("$rel") ;; w32) members=("$W32") ;;
-    *) members=("$full" "$rel") ;; esac
+for name in "$@"; do
+  members=()
+  IFS=+ read -r -a parts <<< "$name"
+  for m in "${parts[@]}"; do members+=("$(member "$m")"); done
   dest=$OUT/candidates/$name
   grep -q '"val_metrics"' "$dest/metadata.json" 2>/dev/null ||
     cli export "${members[@]}" --to "$dest" --data "$data" --parts val --force
   cp "$dest/metadata.json" "$here/candidates/$name.json"
-  python3 - "$dest/metadata.json" "$name" <<'EOF'
+  python3 - "$dest/metadata.json" "$name" "$(du -sb "$dest" | cut -f1)" <<'PY'
 import json, sys
 v = json.load(open(sys.argv[1]))["val_metrics"]
-print(f"{sys.argv[2]:16s} validation pooled Dice {v['pooled_dice']['mean']:.4f}  "
-      f"per-volume Dice {v['volume_dice']['mean_over_classes']:.4f}  HD95 {v['hd95_mm']['mean_over_classes']:.2f} mm")
-EOF
+print(f"{sys.argv[2]:24s} validation pooled Dice {v['pooled_dice']['mean']:.4f}  "
+      f"per-volume Dice {v['volume_dice']['mean_over_classes']:.4f}  HD95 {v['hd95_mm']['mean_over_classes']:.2f} mm  "
+      f"{int(sys.argv[3]) / 2**20:.1f} MiB")
+PY
 done
