@@ -291,10 +291,22 @@ def test_ensemble_export_refuses_runs_it_cannot_serve_as_one(trained_run, tmp_pa
     (other / "result.json").write_text(json.dumps(result))
     with pytest.raises(TfSemisegError, match=r"folds \[0, 1\]: no test part is held out from all of them"):
         export_run([trained_run["run_dir"], other], tmp_path / "m", data_dir=trained_run["tmp"] / "data")
-    result["fold"], result["split_digest"] = 0, "another split"  # the same fold number of another split
+    # the same fold number of another split: its result's digest and its stage's labels-only one both differ
+    result["fold"], result["split_digest"] = 0, "another split"
     (other / "result.json").write_text(json.dumps(result))
-    with pytest.raises(TfSemisegError, match=r"trained on another split than fold 0 of .*must share one split"):
+    stage_file = other / "finetune" / "stage.json"
+    stage = json.loads(stage_file.read_text())
+    own = json.loads((trained_run["run_dir"] / "result.json").read_text())["split_digest"]
+    assert stage["labels_split_digest"] == own  # no extra unlabeled images in this run
+    stage_file.write_text(json.dumps({**stage, "labels_split_digest": "0" * 16}))
+    with pytest.raises(TfSemisegError, match=r"trained on another split than fold 0 of .*0{16} != " + own
+                       + " without extra unlabeled images.*must share one split"):
         export_run([trained_run["run_dir"], other], tmp_path / "m", data_dir=trained_run["tmp"] / "data")
+    # a split that differs only by extra unlabeled images (a self-training student's) gives the same
+    # labels to the same volumes: its labels-only digest lets it join
+    stage_file.write_text(json.dumps(stage))
+    export_run([trained_run["run_dir"], other], tmp_path / "joined", data_dir=trained_run["tmp"] / "data")
+    assert (tmp_path / "joined" / "saved_model.pb").is_file()
     flat = tmp_path / "flat"  # a finished run copied out of its run folder: no splits to evaluate on
     shutil.copytree(trained_run["run_dir"], flat)
     with pytest.raises(TfSemisegError, match=r"flat: not a method folder of a run"):

@@ -123,6 +123,18 @@ def load_model(members: Sequence[Member], settings: dict[str, Any]) -> keras.Mod
     return ensemble
 
 
+def _labels_digest(member: Member) -> Optional[str]:
+    """The member's split digest without extra unlabeled images (`Split.labels_digest`): its
+    fine-tuning stage.json's `labels_split_digest`, else its result's `split_digest` (a run
+    without extra images, or one from before the labels digest was recorded)."""
+    stage = member.run_dir / "finetune" / "stage.json"
+    if stage.is_file():
+        digest = read_json(stage).get("labels_split_digest")
+        if digest:
+            return digest
+    return member.result.get("split_digest")
+
+
 def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Path,
                      parts: Sequence[str] = ("val", "test")) -> dict[str, dict[str, Any]]:
     """The exported model's metrics on its members' shared fold: {"val": report, "test": report}."""
@@ -136,10 +148,11 @@ def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Pa
     data = prepare_dataset(cfg, data_dir, root)
     split = data.split(fold)
     for m in members:  # the same fold number of other splits would leak their training volumes
-        if m.result.get("split_digest") != split.digest():
+        if m.result.get("split_digest") != split.digest() and _labels_digest(m) != split.labels_digest():
             raise TfSemisegError(f"{m.run_dir}: trained on another split than fold {fold} of "
                                  f"{root} (split digest {m.result.get('split_digest')} != "
-                                 f"{split.digest()}); the runs of an evaluated model must share one split")
+                                 f"{split.digest()}, and {_labels_digest(m)} != {split.labels_digest()} "
+                                 "without extra unlabeled images); the runs of an evaluated model must share one split")
     return {part: evaluate_volumes(model, evaluation_volumes(data, split, part), data.class_names,
                                    mirror=cfg.evaluation.mirror) for part in parts}
 
