@@ -78,6 +78,13 @@ def make_split(case_ids: list[str], extra_unlabeled: list[str], cfg: SplitConfig
     return Split(fold, sorted(train), sorted(val), sorted(test), labeling_order, sorted(extra_unlabeled))
 
 
+def recorded_labels_digest(stage_info: dict) -> str | None:
+    """The labels-only split digest (`Split.labels_digest`) a finished stage's stage.json records:
+    `labels_split_digest`, or in the versions before it `split_digest`, which then must be the
+    labels-only one (a split with extra unlabeled images does not match it); None if neither."""
+    return stage_info.get("labels_split_digest", stage_info.get("split_digest"))
+
+
 def load_or_create_splits(
     run_root: Path, case_ids: list[str], extra_unlabeled: list[str], cfg: SplitConfig
 ) -> list[Split]:

@@ -26,7 +26,8 @@ from tfsemiseg.data.preprocess import model_input
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.inference import resize_probabilities, softmax_probabilities
 from tfsemiseg.io_utils import atomic_dir, read_json
-from tfsemiseg.layout import finished_cell_files, model_files, run_root_of
+from tfsemiseg.data.splits import recorded_labels_digest
+from tfsemiseg.layout import finished_cell_files, model_files, run_root_of, stage_files
 from tfsemiseg.models.ensemble import SoftmaxEnsemble
 from tfsemiseg.models.transfer import load_segmenter
 from tfsemiseg.serving.model_card import model_card
@@ -124,15 +125,10 @@ def load_model(members: Sequence[Member], settings: dict[str, Any]) -> keras.Mod
 
 
 def _labels_digest(member: Member) -> Optional[str]:
-    """The member's split digest without extra unlabeled images (`Split.labels_digest`): its
-    fine-tuning stage.json's `labels_split_digest`, else its result's `split_digest` (a run
-    without extra images, or one from before the labels digest was recorded)."""
-    stage = member.run_dir / "finetune" / "stage.json"
-    if stage.is_file():
-        digest = read_json(stage).get("labels_split_digest")
-        if digest:
-            return digest
-    return member.result.get("split_digest")
+    """The member's labels-only split digest: the one its fine-tuning stage.json records, else its
+    result's `split_digest` (then matching only a split without extra unlabeled images)."""
+    done = stage_files(member.run_dir / "finetune").done
+    return (recorded_labels_digest(read_json(done)) if done.is_file() else None) or member.result.get("split_digest")
 
 
 def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Path,
@@ -148,10 +144,13 @@ def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Pa
     data = prepare_dataset(cfg, data_dir, root)
     split = data.split(fold)
     for m in members:  # the same fold number of other splits would leak their training volumes
-        if m.result.get("split_digest") != split.digest() and _labels_digest(m) != split.labels_digest():
+        if m.result.get("split_digest") == split.digest():
+            continue
+        labels_digest = _labels_digest(m)
+        if labels_digest != split.labels_digest():
             raise TfSemisegError(f"{m.run_dir}: trained on another split than fold {fold} of "
                                  f"{root} (split digest {m.result.get('split_digest')} != "
-                                 f"{split.digest()}, and {_labels_digest(m)} != {split.labels_digest()} "
+                                 f"{split.digest()}, and {labels_digest} != {split.labels_digest()} "
                                  "without extra unlabeled images); the runs of an evaluated model must share one split")
     return {part: evaluate_volumes(model, evaluation_volumes(data, split, part), data.class_names,
                                    mirror=cfg.evaluation.mirror) for part in parts}

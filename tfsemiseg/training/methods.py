@@ -19,6 +19,7 @@ import numpy as np
 
 from tfsemiseg.config import Config, from_dict
 from tfsemiseg.data.prepared import PreparedData, TrainingArrays, evaluation_volumes, prepare_dataset, training_arrays
+from tfsemiseg.data.splits import recorded_labels_digest
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.evaluation import evaluate_volumes, format_report
 from tfsemiseg.io_utils import atomic_write_json, read_json
@@ -251,7 +252,7 @@ def _check_teacher(folder: Path, info: dict[str, Any], cell: Cell, labels_digest
     if (fold, fraction) != (cell.fold, cell.fraction):
         raise TfSemisegError(f"{folder}: trained on fold {fold} at {100 * fraction:g}% labels; a teacher of {cell} "
                              "must be of the same fold and labeled fraction")
-    digest = info.get("labels_split_digest", info.get("split_digest"))
+    digest = recorded_labels_digest(info)
     if digest is not None and digest != labels_digest:
         raise TfSemisegError(f"{folder}: trained on another split (split digest {digest}, the student's "
                              f"{labels_digest} without extra unlabeled images); a teacher must be trained on the "

@@ -7,8 +7,8 @@
 # SavedModel (`export RUN...`). The members:
 #   full120           the 120-epoch run of run.sh (its run folder is gone since 2026-12-03:
 #                     candidates/full120*.json keep its figures)
-#   release           today's saved_models/hippocampus (40 epochs), its run rebuilt by `unpack`
-#                     (../all-labels-self-training/run.sh rebuilds it in the same folder)
+#   release           today's saved_models/hippocampus (40 epochs), its run rebuilt by
+#                     ../hippocampus/unpack.sh
 #   w32               the width-32 bfloat16 run of ../all-labels-w32/run.sh
 #   st-NAME           student NAME of ../all-labels-self-training/run.sh
 # Without arguments: full120, release and full120+release (the first comparison).
@@ -26,9 +26,7 @@ member() {  # member NAME -> its finished run folder
   local run
   case $1 in
     full120) run=$OUT/fold0/frac1/random ;;
-    release) run=$RUNS/i20/release40/fold0/frac1/random
-      [[ -f $run/result.json ]] || cli unpack saved_models/hippocampus \
-        --result docs/results/hippocampus/release/hippocampus/result.json --to "$run" >&2 ;;
+    release) run=$(RUNS=$RUNS bash "$here/../hippocampus/unpack.sh") ;;
     w32) run=$RUNS/i20/w32/fold0/frac1/random ;;
     st-*) run=$RUNS/i20/all-labels-st/${1#st-}/fold0/frac1/self-training ;;
     *) echo "choose.sh: unknown member $1 (full120, release, w32, st-NAME)" >&2; return 1 ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Self-training for the all-labels model, towards the next `hippocampus` release: today's
-# release (saved_models/hippocampus, 40 epochs, rebuilt as a run folder by `unpack`) labels the
+# release (saved_models/hippocampus, 40 epochs, rebuilt as a run folder by ../hippocampus/unpack.sh) labels the
 # 130 volumes of imagesTs (`data.use_test_images_unlabeled=true`; they have no labels), and a
 # student learns from every train label of fold 0 and those pseudo-labels (8 + 8 slices a step).
 # Fold 0, random init, evaluated on validation only; from frozen code (commit 2577fe0), one thread.
@@ -21,12 +21,7 @@ out=$RUNS/i20/all-labels-st/$name dest=$here/$name
 keep() { SRC=$out KEEP=$dest/partial DONE=$dest bash "$repo/docs/results/hippocampus/paper-schedule/partial.sh" "$1"; }
 if [[ ${1:-} == save ]]; then keep save; exit; fi
 keep restore
-teacher=$RUNS/i20/release40/fold0/frac1/random   # the folder all-labels-120/choose.sh also uses
-if [[ ! -f $teacher/finetune/stage.json ]]; then
-  (cd "$CODE" && "$PY" cli.py unpack "$repo/saved_models/hippocampus" --force \
-      --result "$repo/docs/results/hippocampus/release/hippocampus/result.json" \
-      --stage "$repo/docs/results/hippocampus/release/hippocampus/finetune_stage.json" --to "$teacher")
-fi
+teacher=$(RUNS=$RUNS bash "$here/../hippocampus/unpack.sh")
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
 (cd "$CODE" && "$PY" cli.py run --config configs/hippocampus.yaml --data "$repo/../shared/data/Task04_Hippocampus" \
     --method self-training --fraction 1.0 --fold 0 --out "$out" --evaluate-on val \
