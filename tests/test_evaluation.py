@@ -147,3 +147,14 @@ def test_pooled_validator_equals_pooled_dice_of_per_volume_predictions():
     # the validator follows the model's current weights
     model.set_weights([w * 0 for w in model.get_weights()])  # every logit 0: argmax is background
     assert validator()["pred_size"] == [0, 0]
+
+
+def test_view_permutation_reslices_a_volume_along_any_axis():
+    from tfsemiseg.data.preprocess import to_slices
+    from tfsemiseg.inference import view_permutation
+
+    volume = np.arange(3 * 4 * 5).reshape(3, 4, 5)
+    for a in range(3):
+        for b in (0, 1, 2, -1):
+            got = np.transpose(to_slices(volume, a), view_permutation(a, b))
+            np.testing.assert_array_equal(got, np.moveaxis(volume, b, 0), err_msg=f"{a} -> {b}")

@@ -438,3 +438,55 @@ def test_unpack_rebuilds_each_member_of_an_ensemble_as_a_teacher(trained_run, tm
     with pytest.raises(TfSemisegError, match=r"ensemble: its variables, split into 2 members, do not reproduce its output"):
         unpack_export(model_dir, runs[0] / "result.json", tmp_path / "x" / "fold0" / "frac1" / "random", member=0)
     assert not (tmp_path / "x").exists()
+
+
+def test_views_along_other_axes_are_served_and_evaluated_averaged_in_3d(trained_run, tmp_path):
+    """A run sliced along axis 0 joins one sliced along axis 2: the model serves the mean of both
+    views in 3D, its validation figures are those of what it serves, and unpack rebuilds either."""
+    from tfsemiseg.cli import cli
+    from tfsemiseg.config import from_dict
+    from tfsemiseg.data.prepared import prepare_dataset
+    from tfsemiseg.metrics.dice import dice_per_class
+    from tfsemiseg.models.transfer import load_segmenter
+    from tfsemiseg.serving.export import export_run
+
+    first = trained_run["run_dir"]
+    view = _perturbed_copy(first, trained_run["tmp"] / "run" / "fold0" / "frac1" / "random-axis0", 0.05, seed=3)
+    result = json.loads((view / "result.json").read_text())
+    result["config"]["data"]["slice_axis"] = 0
+    (view / "result.json").write_text(json.dumps(result))
+    data = trained_run["tmp"] / "data"
+    dest = export_run([first, view], tmp_path / "views", data_dir=data, parts=("val",))
+    meta = json.loads((dest / "metadata.json").read_text())
+    assert meta["slice_axis"] == 2 and meta["member_slice_axes"] == [2, 0]
+    assert [m["slice_axis"] for m in meta["members"]] == [2, 0] and meta["val_metrics"]["view_axes"] == [2, 0]
+    assert "slice the volume along axes 2, 0" in (dest / "MODEL_CARD.md").read_text()
+
+    cfg = trained_run["cfg"]
+    fn = __import__("tensorflow").saved_model.load(str(dest)).signatures["serving_default"]
+    segmenters = [load_segmenter(cfg, r / "finetune" / "weights.npz", 3).segmenter for r in (first, view)]
+    val = prepare_dataset(cfg, data, first.parents[2]).split(0).val
+    assert len(val) == 2
+    dice = []
+    for case in val:
+        volume = np.asarray(nib.load(str(data / "imagesTr" / f"{case}.nii.gz")).dataobj, np.float32)
+        label = np.asarray(nib.load(str(data / "labelsTr" / f"{case}.nii.gz")).dataobj).astype(np.uint8)
+        # each view on its own slices (numpy moveaxis), its probabilities put back into the volume
+        along2 = np.moveaxis(library_prediction(segmenters[0], np.moveaxis(volume, 2, 0), cfg.data.image_size)[0], 0, 2)
+        along0 = library_prediction(segmenters[1], volume, cfg.data.image_size)[0]
+        assert np.abs(along2 - along0).max() > 0.1  # the views really differ
+        expected = np.moveaxis((along2 + along0) / 2, 2, 0)
+        served = fn(slices=__import__("tensorflow").constant(np.moveaxis(volume, 2, 0)))
+        np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+        labels = np.moveaxis(served["labels"].numpy(), 0, 2).astype(np.uint8)
+        dice.append(dice_per_class(labels, label, 3))
+    np.testing.assert_allclose(np.mean(dice, 0), meta["val_metrics"]["volume_dice"]["mean"], atol=1e-3)
+
+    back = tmp_path / "back" / "fold0" / "frac1" / "random"
+    res = CliRunner().invoke(cli, ["unpack", str(dest), "--member", "1", "--result", str(view / "result.json"),
+                                   "--to", str(back)])
+    assert res.exit_code == 0, res.output
+    assert from_dict(json.loads((back / "result.json").read_text())["config"]).data.slice_axis == 0
+    with np.load(view / "finetune" / "weights.npz") as own, np.load(back / "finetune" / "weights.npz") as got:
+        for key in (k for k in own.files if not k.startswith(("h1", "h2"))):
+            np.testing.assert_array_equal(got[key], own[key], err_msg=key)

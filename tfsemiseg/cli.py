@@ -341,7 +341,8 @@ def figures(config_path, overrides, data_dir, fraction, fold, out, methods, dest
 @friendly_errors
 def export(run_dirs: tuple[Path, ...], dest: Path, data_dir: Optional[Path], parts: str, force: bool) -> None:
     """Export a finished run (its method folder), or several as one ensemble averaging their
-    softmax, as a SavedModel that segments whole volumes.
+    softmax, as a SavedModel that segments whole volumes. Runs sliced along other axes than
+    the first run's are averaged in 3D as views.
 
     Signature serving_default: slices float32 [N, H, W] -> probabilities [N, H, W, K],
     labels int32 [N, H, W]; metadata.json and MODEL_CARD.md beside it. Written to a

@@ -9,6 +9,8 @@ Three views of the same predictions:
 - per-volume 3D Dice per class at native resolution: softmax probabilities are resized
   back to each volume's slice size (bilinear) before the argmax;
 - HD95 per class per volume in mm from the voxel spacing.
+Models slicing the same volumes along different axes (`evaluate_views`) are averaged at
+native resolution, as the exported model serves them.
 Empty-mask rules: a class absent from both prediction and label is excluded; absent
 from one of them gives Dice 0 and an undefined HD95, counted separately (never 0).
 """
@@ -16,6 +18,7 @@ from one of them gives Dice 0 and an undefined HD95, counted separately (never 0
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import keras
@@ -23,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.data.preprocess import SliceVolume
-from tfsemiseg.inference import native_labels, predict_probabilities
+from tfsemiseg.inference import native_labels, predict_probabilities, resize_probabilities, view_permutation
 from tfsemiseg.metrics.dice import PooledDice, dice_per_class, summarise_per_volume
 from tfsemiseg.metrics.surface import hd95_per_class, summarise_hd95
 
@@ -82,17 +85,59 @@ class PooledValidator:
         return image, label, pred
 
 
+@dataclass
+class View:
+    """A model and the evaluation volumes sliced along its axis (`data.slice_axis`), in case
+    order; `weight`: how many members it stands for (a `SoftmaxEnsemble` of n runs weighs n)."""
+
+    model: keras.Model
+    volumes: Sequence[SliceVolume]
+    axis: int
+    weight: float = 1.0
+
+
 def evaluate_volumes(
     model: keras.Model, volumes: Sequence[SliceVolume], class_names: Sequence[str], mirror: bool = False
 ) -> dict[str, Any]:
     """Every metric of the module docstring, as a JSON-ready dict."""
+    return evaluate_views([View(model, volumes, axis=0)], class_names, mirror)
+
+
+def evaluate_views(views: Sequence[View], class_names: Sequence[str], mirror: bool = False) -> dict[str, Any]:
+    """`evaluate_volumes` of models that slice the same volumes along different axes, averaged.
+
+    Each view's probabilities are resized to its native slice size and transposed into the
+    first view's slicing order; the weighted mean is the prediction at native resolution. The
+    pooled Dice is at the first view's model resolution: its own probabilities averaged with
+    the others' native ones resized to that resolution (bilinear). One view is `evaluate_volumes`.
+    """
     k = len(class_names)
+    first, others = views[0], views[1:]
+    for view in others:
+        if [v.case_id for v in view.volumes] != [v.case_id for v in first.volumes]:
+            raise ValueError(f"the view along axis {view.axis} lists other cases than the first view's")
+    total = float(sum(view.weight for view in views))
     pooled = PooledDice(k)
     per_volume, hd95, cases = [], [], []
-    for vol in volumes:
-        probs = predict_probabilities(model, vol.image, mirror=mirror)
+    for i, vol in enumerate(first.volumes):
+        probs = predict_probabilities(first.model, vol.image, mirror=mirror)
+        if others:
+            rest = np.zeros(tuple(vol.native_shape) + (k,), np.float32)  # the other views' weighted sum
+            for view in others:
+                other = view.volumes[i]
+                resized = resize_probabilities(predict_probabilities(view.model, other.image, mirror=mirror),
+                                               other.native_shape[1:])
+                moved = tf.transpose(resized, view_permutation(view.axis, first.axis) + [3]).numpy()
+                if moved.shape != rest.shape:
+                    raise ValueError(f"{vol.case_id}: the view along axis {view.axis} has native shape "
+                                     f"{moved.shape[:3]} in the first view's order, not {tuple(vol.native_shape)}")
+                rest += view.weight * moved
+            native = (first.weight * resize_probabilities(probs, vol.native_shape[1:]).numpy() + rest) / total
+            probs = (first.weight * probs + resize_probabilities(rest, probs.shape[1:3]).numpy()) / total
+            native_pred = native.argmax(-1).astype(np.uint8)
+        else:
+            native_pred = native_labels(probs, vol.native_shape)
         pooled.update(probs.argmax(-1), vol.label)
-        native_pred = native_labels(probs, vol.native_shape)
         dice = dice_per_class(native_pred, vol.native_label, k)
         hd = hd95_per_class(native_pred, vol.native_label, vol.spacing, k)
         per_volume.append(dice)
@@ -100,15 +145,18 @@ def evaluate_volumes(
         cases.append({"case": vol.case_id, "dice": _clean(dice), "hd95": _clean(hd.values), "hd95_status": hd.status,
                       "diagonal_mm": round(hd.diagonal, 3)})
     pooled_result = pooled.result()
-    return {
+    report = {
         "classes": list(class_names[1:]),
         "mirror": bool(mirror),
-        "num_volumes": len(volumes),
+        "num_volumes": len(first.volumes),
         "pooled_dice": {"per_class": _clean(pooled_result["per_class"]), "mean": _clean1(pooled_result["mean"])},
         "volume_dice": _clean_tree(summarise_per_volume(per_volume)),
         "hd95_mm": _clean_tree(summarise_hd95(hd95)),
         "cases": cases,
     }
+    if others:
+        report["view_axes"] = [int(view.axis) for view in views]
+    return report
 
 
 def format_report(report: dict[str, Any]) -> str:

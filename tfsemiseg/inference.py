@@ -7,6 +7,10 @@ SavedModel all go through these functions.
 
 `predict_probabilities` runs `softmax_probabilities` on numpy slices in batches, compiled
 once per model; the SavedModel's graph calls the same functions (serving/export.py).
+
+Models trained on slices along different axes of the volumes (views) are combined at native
+resolution: each view's probabilities are resized to its own slices' size, transposed by
+`view_permutation` into one slicing order, and averaged.
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ def softmax_probabilities(model: keras.Model, x: tf.Tensor, mirror: bool = False
 def resize_probabilities(probabilities: tf.Tensor, size: Sequence[int] | tf.Tensor) -> tf.Tensor:
     """Probabilities [N, S, S, K] resized (bilinear) to size (h, w) -> [N, h, w, K]."""
     return tf.image.resize(probabilities, size, method="bilinear")
+
+
+def view_permutation(axis: int, to_axis: int) -> list[int]:
+    """The transpose that takes a volume's slices along `axis` to its slices along `to_axis`.
+
+    Slices along an axis are the volume with that axis moved first and the other two kept in
+    order (`data.preprocess.to_slices`), so for a volume v [X, Y, Z]:
+    `transpose(to_slices(v, axis), view_permutation(axis, to_axis)) == to_slices(v, to_axis)`.
+    """
+    order = {a: [a] + [b for b in range(3) if b != a] for a in (axis % 3, to_axis % 3)}
+    return [order[axis % 3].index(a) for a in order[to_axis % 3]]
 
 
 def _predictor(model: keras.Model, mirror: bool):

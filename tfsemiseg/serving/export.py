@@ -8,6 +8,11 @@ min-max normalisation (as in training), bilinear resize to the model size, the U
 mirror images when the runs' `evaluation.mirror` is true),
 probabilities resized back to H x W (bilinear), argmax. Outputs `probabilities`
 float32 [N, H, W, K] and `labels` int32 [N, H, W]. `metadata.json` lies beside it.
+
+Runs trained on slices along different axes (`data.slice_axis`) are served as one model of
+several views: the input stays the slices along the first run's axis; inside the graph each
+view transposes them to its own axis, predicts as above up to its native-size probabilities,
+and transposes them back; the mean over runs (each run weighs the same) gives the labels.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import tfsemiseg
 from tfsemiseg.config import Config, from_dict
 from tfsemiseg.data.preprocess import model_input
 from tfsemiseg.errors import TfSemisegError
-from tfsemiseg.inference import resize_probabilities, softmax_probabilities
+from tfsemiseg.inference import resize_probabilities, softmax_probabilities, view_permutation
 from tfsemiseg.io_utils import atomic_dir, read_json
 from tfsemiseg.data.splits import recorded_labels_digest
 from tfsemiseg.layout import finished_cell_files, model_files, run_root_of, stage_files
@@ -33,13 +38,34 @@ from tfsemiseg.models.transfer import load_segmenter
 from tfsemiseg.serving.model_card import model_card
 
 
-def serving_function(segmenter: keras.Model, image_size: int, mirror: bool = False):
-    """The whole-volume prediction graph around `segmenter` (see the module docstring)."""
+@dataclass
+class ServedView:
+    """The runs of an exported model that slice along one axis: one segmenter, or the
+    `SoftmaxEnsemble` of several; `weight` is their number."""
+
+    axis: int
+    model: keras.Model
+    weight: int = 1
+
+
+def serving_function(segmenter: keras.Model | Sequence[ServedView], image_size: int, mirror: bool = False):
+    """The whole-volume prediction graph around `segmenter`, or around several views (the
+    first view's axis is the input's slicing axis; see the module docstring)."""
+    views = list(segmenter) if not isinstance(segmenter, keras.Model) else [ServedView(0, segmenter)]
+    total = float(sum(v.weight for v in views))
+
+    def native_probabilities(view: ServedView, slices):
+        to_view = view_permutation(views[0].axis, view.axis)
+        x = tf.transpose(slices, to_view) if to_view != [0, 1, 2] else slices
+        probs = resize_probabilities(softmax_probabilities(view.model, model_input(x, image_size), mirror),
+                                     tf.shape(x)[1:3])
+        back = view_permutation(view.axis, views[0].axis)
+        return tf.transpose(probs, back + [3]) if back != [0, 1, 2] else probs
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32, name="slices")])
     def serve(slices):
-        probs = softmax_probabilities(segmenter, model_input(slices, image_size), mirror)
-        probs = resize_probabilities(probs, tf.shape(slices)[1:3])
+        probs = tf.add_n([v.weight * native_probabilities(v, slices) for v in views]) / total \
+            if len(views) > 1 else native_probabilities(views[0], slices)
         labels = tf.argmax(probs, axis=-1, output_type=tf.int32)
         return {"probabilities": tf.identity(probs, name="probabilities"), "labels": tf.identity(labels, name="labels")}
 
@@ -64,6 +90,7 @@ class Member:
         r = self.result
         return {"run": str(self.run_dir), "method": r["method"], "fold": r["fold"], "labeled_fraction": r["fraction"],
                 "labeled_cases": r.get("labeled_cases"), "seed": r.get("seed"),
+                "slice_axis": self.config.data.slice_axis % 3,
                 f"{r.get('part', 'test')}_metrics": _without_cases(r["metrics"])}
 
 
@@ -100,15 +127,31 @@ def _served_settings(m: Member) -> dict[str, Any]:
 
 
 def check_members(members: Sequence[Member]) -> dict[str, Any]:
-    """The settings every member must share to be served as one model (classes, input, mirroring)."""
+    """The settings every member must share to be served as one model (classes, input, mirroring;
+    not the slicing axis: the first member's is the model's, the others are views)."""
     first = _served_settings(members[0])
     for m in members[1:]:
         other = _served_settings(m)
         for key, value in first.items():
-            if other[key] != value:
+            if key != "slice_axis" and other[key] != value:
                 raise TfSemisegError(f"{m.run_dir}: {key} {other[key]!r} differs from {members[0].run_dir}'s "
                                      f"{value!r}; the runs of one exported model must share it")
     return first
+
+
+def view_groups(axes: Sequence[int]) -> list[list[int]]:
+    """Indices of the members of each view: members grouped by slicing axis, in the order the
+    axes first appear (the first member's view first). The exported model's variables follow
+    this order."""
+    order = list(dict.fromkeys(axes))
+    return [[i for i, a in enumerate(axes) if a == axis] for axis in order]
+
+
+def load_views(members: Sequence[Member], settings: dict[str, Any]) -> list[ServedView]:
+    """The members as views (`view_groups`), each one segmenter or the ensemble of several."""
+    axes = [m.config.data.slice_axis % 3 for m in members]
+    return [ServedView(axes[group[0]], load_model([members[i] for i in group], settings), len(group))
+            for group in view_groups(axes)]
 
 
 def load_model(members: Sequence[Member], settings: dict[str, Any]) -> keras.Model:
@@ -131,11 +174,13 @@ def _labels_digest(member: Member) -> Optional[str]:
     return (recorded_labels_digest(read_json(done)) if done.is_file() else None) or member.result.get("split_digest")
 
 
-def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Path,
+def evaluate_members(views: Sequence[ServedView], members: Sequence[Member], data_dir: Path,
                      parts: Sequence[str] = ("val", "test")) -> dict[str, dict[str, Any]]:
-    """The exported model's metrics on its members' shared fold: {"val": report, "test": report}."""
-    from tfsemiseg.data.prepared import evaluation_volumes, prepare_dataset
-    from tfsemiseg.evaluation import evaluate_volumes
+    """The exported model's metrics on its members' shared fold: {"val": report, "test": report}.
+    Each further view reads the volumes sliced along its axis (prepared with the config of its
+    first member, so in that member's slice cache)."""
+    from tfsemiseg.data.prepared import prepare_dataset
+    from tfsemiseg.evaluation import View, evaluate_views
 
     folds = {m.result["fold"] for m in members}
     if len(folds) != 1:
@@ -152,8 +197,13 @@ def evaluate_members(model: keras.Model, members: Sequence[Member], data_dir: Pa
                                  f"{root} (split digest {m.result.get('split_digest')} != "
                                  f"{split.digest()}, and {labels_digest} != {split.labels_digest()} "
                                  "without extra unlabeled images); the runs of an evaluated model must share one split")
-    return {part: evaluate_volumes(model, evaluation_volumes(data, split, part), data.class_names,
-                                   mirror=cfg.evaluation.mirror) for part in parts}
+    prepared = {views[0].axis: data}
+    for group, view in zip(view_groups([m.config.data.slice_axis % 3 for m in members]), views):
+        if view.axis not in prepared:
+            prepared[view.axis] = prepare_dataset(members[group[0]].config, data_dir, root)
+    return {part: evaluate_views([View(v.model, [prepared[v.axis].volumes[c] for c in getattr(split, part)], v.axis,
+                                       v.weight) for v in views], data.class_names, mirror=cfg.evaluation.mirror)
+            for part in parts}
 
 
 def _metadata(members: Sequence[Member], settings: dict[str, Any],
@@ -184,6 +234,9 @@ def _metadata(members: Sequence[Member], settings: dict[str, Any],
         metadata["val_metrics"] = _without_cases(evaluation["val"])
     if len(members) > 1:
         metadata["members"] = [m.summary() for m in members]
+    axes = [m.config.data.slice_axis % 3 for m in members]
+    if len(set(axes)) > 1:
+        metadata["member_slice_axes"] = axes
     return metadata
 
 
@@ -195,13 +248,15 @@ def export_run(run_dirs: Path | Sequence[Path], dest: Path, overwrite: bool = Fa
     run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
     members = [load_member(r) for r in run_dirs]
     settings = check_members(members)
-    model = load_model(members, settings)
-    evaluation = evaluate_members(model, members, data_dir, parts) if data_dir is not None else None
+    views = load_views(members, settings)
+    evaluation = evaluate_members(views, members, data_dir, parts) if data_dir is not None else None
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    for view in views:
+        archive.track(view.model)
     archive.add_endpoint(
         name="serving_default",
-        fn=serving_function(model, settings["image_size"], settings["test_time_mirroring"]),
+        fn=serving_function(views if len(views) > 1 else views[0].model, settings["image_size"],
+                            settings["test_time_mirroring"]),
     )
     metadata = _metadata(members, settings, evaluation)
     with atomic_dir(Path(dest), overwrite=overwrite) as tmp:

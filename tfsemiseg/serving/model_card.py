@@ -76,6 +76,11 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
     mirror = ("\n- Test-time mirroring (inside the model, and in the metrics below): the softmax is averaged over"
               "\n  each slice and its flips along either in-plane axis and both."
               if meta.get("test_time_mirroring") else "")
+    axes = meta.get("member_slice_axes")
+    views = (f"\n- Views (inside the model): the members slice the volume along axes {', '.join(map(str, axes))}; each"
+             "\n  member's probabilities are resized to its own slices, put back in the input's slicing order and"
+             "\n  averaged in 3D (each member weighs the same)." if axes else "")
+    mirror += views
     fold = "several folds" if meta.get("fold") is None else f"fold {meta['fold']}"
     fraction = ("labeled fractions as listed below" if meta.get("labeled_fraction") is None
                 else f"labeled fraction {meta['labeled_fraction']:g}")
@@ -117,7 +122,7 @@ hippocampus crops. Not a medical device; not for clinical decisions.
 ## Limits
 - Trained on the MSD Hippocampus crops (small volumes around the hippocampus, 1 mm isotropic); whole-brain
   scans, other contrasts or resolutions are out of distribution.
-- 2D slice-wise model: no 3D context; slices are resized to {meta['image_size']}x{meta['image_size']}, which
+- {"2D slice-wise models, averaged in 3D over their slicing axes" if axes else "2D slice-wise model: no 3D context"}; slices are resized to {meta['image_size']}x{meta['image_size']}, which
   distorts anisotropic slices.
 - Metrics come from one split's held-out parts, not from an external cohort.
 """
