@@ -172,3 +172,46 @@ def test_self_training_runs_its_teacher_first_reuses_it_and_refuses_a_changed_on
     np.savez(teacher, **weights)
     with pytest.raises(TfSemisegError, match="different configuration"):
         run_method(other, data, run, cell, strategy, quiet, part=None)
+
+
+def test_a_teacher_along_another_axis_labels_the_students_slices_in_3d(tmp_path):
+    """A teacher sliced along axis 0 labels a student's axis-2 slices: its probabilities on its
+    own slices, resized to the native slices, re-sliced with numpy and resized to the model size."""
+    import tensorflow as tf
+
+    from tfsemiseg.config import load_config
+    from tfsemiseg.data.phantom import make_phantom
+    from tfsemiseg.data.prepared import prepare_dataset, training_arrays
+    from tfsemiseg.data.preprocess import preprocess_case
+    from tfsemiseg.models.transfer import save_weights_by_name
+    from tfsemiseg.models.unet import build_unet
+    from tfsemiseg.training.self_training import Teacher, pseudo_labeled_arrays
+
+    data_dir = make_phantom(tmp_path / "data", num_train=6, num_test=0, shape=(14, 20, 10), seed=2)
+    cfg = load_config(REPO / "configs" / "tiny.yaml").replace(**{
+        "data.cache_dir": str(tmp_path / "cache"), "data.image_size": 16, "data.slice_axis": 2,
+        "model.depth": 2, "model.base_width": 4, "train.self_training.mirror": False})
+    data = prepare_dataset(cfg, data_dir, tmp_path / "run")
+    arrays = training_arrays(data, data.split(0), 0.5)
+    teacher_cfg = cfg.replace(**{"data.slice_axis": 0})
+    keras.utils.set_random_seed(4)
+    unet = build_unet(teacher_cfg.model, 16, 3)
+    save_weights_by_name(unet.segmenter, tmp_path / "teacher.npz")
+    images, labels = pseudo_labeled_arrays(cfg, data, arrays, [Teacher(tmp_path / "teacher.npz", "", teacher_cfg)])
+
+    cases = {c.case_id: c for c in data.index.labeled}
+    expected = []
+    for cid in arrays.unlabeled_cases:
+        along0 = preprocess_case(cases[cid], teacher_cfg.data, 3)  # [X, 16, 16] slices along axis 0
+        probs = _numpy_softmax(np.asarray(unet.segmenter(along0.image[..., None], training=False), np.float64))
+        native = tf.image.resize(probs, along0.native_shape[1:], method="bilinear").numpy()  # [X, Y, Z, K]
+        student_order = np.moveaxis(native, 2, 0)  # [Z, X, Y, K]: the slices along axis 2
+        expected.append(tf.image.resize(student_order, (16, 16), method="bilinear").numpy())
+    expected = np.concatenate(expected, 0)
+    assert labels.shape == images.shape == expected.shape[:3] and labels.dtype == np.uint8
+    top = np.sort(expected, -1)
+    sure = top[..., -1] - top[..., -2] > 1e-4
+    assert sure.mean() > 0.9 and len(np.unique(expected.argmax(-1))) > 1  # a teacher that says something
+    np.testing.assert_array_equal(labels[sure], expected.argmax(-1)[sure])
+    # the axis-0 volumes came from (and stay in) their own cache folder beside the student's
+    assert sorted(p.name for p in next((tmp_path / "cache").iterdir()).iterdir()) == ["axis0", "axis2"]

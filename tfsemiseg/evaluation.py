@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.data.preprocess import SliceVolume
-from tfsemiseg.inference import native_labels, predict_probabilities, resize_probabilities, view_permutation
+from tfsemiseg.inference import native_labels, predict_probabilities, resize_probabilities, view_probabilities
 from tfsemiseg.metrics.dice import PooledDice, dice_per_class, summarise_per_volume
 from tfsemiseg.metrics.surface import hd95_per_class, summarise_hd95
 
@@ -125,9 +125,7 @@ def evaluate_views(views: Sequence[View], class_names: Sequence[str], mirror: bo
             rest = np.zeros(tuple(vol.native_shape) + (k,), np.float32)  # the other views' weighted sum
             for view in others:
                 other = view.volumes[i]
-                resized = resize_probabilities(predict_probabilities(view.model, other.image, mirror=mirror),
-                                               other.native_shape[1:])
-                moved = tf.transpose(resized, view_permutation(view.axis, first.axis) + [3]).numpy()
+                moved = view_probabilities(view.model, other.image, other.native_shape, view.axis, first.axis, mirror)
                 if moved.shape != rest.shape:
                     raise ValueError(f"{vol.case_id}: the view along axis {view.axis} has native shape "
                                      f"{moved.shape[:3]} in the first view's order, not {tuple(vol.native_shape)}")

@@ -77,6 +77,15 @@ def predict_probabilities(
     return np.concatenate(out, 0)
 
 
+def view_probabilities(model: keras.Model, images: np.ndarray, native_shape: Sequence[int], axis: int,
+                       to_axis: int, mirror: bool = False) -> np.ndarray:
+    """Native-resolution probabilities of one volume's slices along `axis` (images [S, H, W] at
+    model resolution, native slices of `native_shape`), in the slicing order of `to_axis`:
+    float32 [S', h', w', K] (`predict_probabilities`, resized, transposed by `view_permutation`)."""
+    probs = resize_probabilities(predict_probabilities(model, images, mirror=mirror), tuple(native_shape[1:]))
+    return tf.transpose(probs, view_permutation(axis, to_axis) + [3]).numpy()
+
+
 def native_labels(probabilities: np.ndarray, native_shape: Sequence[int]) -> np.ndarray:
     """Probabilities [S, H, W, K] resized to the native slice size (S, h, w), argmax -> uint8 [S, h, w]."""
     resized = resize_probabilities(probabilities, (int(native_shape[1]), int(native_shape[2])))

@@ -49,7 +49,7 @@ def prepare_dataset(
     """Validate, preprocess and cache every case of `data_dir`; load or write splits."""
     start = time.perf_counter()
     index = discover(Path(data_dir), cfg.data)
-    cache = SliceCache(Path(cfg.data.cache_dir) / _cache_folder(index))
+    cache = slice_cache(cfg, index)
     cases = index.labeled + (index.unlabeled if cfg.data.use_test_images_unlabeled else [])
     volumes: dict[str, SliceVolume] = {}
     built = 0
@@ -103,6 +103,21 @@ def evaluation_volumes(data: PreparedData, split: Split, part: str) -> list[Slic
     if part not in ("val", "test"):
         raise ValueError(f"part must be 'val' or 'test', got {part!r}")
     return [data.volumes[c] for c in getattr(split, part)]
+
+
+def volumes_along(data: PreparedData, cfg: Config, case_ids: list[str], axis: int) -> list[SliceVolume]:
+    """The cases `case_ids` of `data` sliced along `axis` (`cfg`'s preprocessing otherwise), in
+    that order, from the slice cache (built there if absent): the volumes of another view."""
+    cases = {c.case_id: c for c in data.index.labeled + data.index.unlabeled}
+    along = cfg.replace(**{"data.slice_axis": axis % 3})
+    cache = slice_cache(along, data.index)
+    return [cache.get(cases[c], along.data, data.index.num_classes)[0] for c in case_ids]
+
+
+def slice_cache(cfg: Config, index: DatasetIndex) -> SliceCache:
+    """The cache of `index`'s cases preprocessed by `cfg.data`: one folder per dataset and
+    slicing axis, so that views along different axes keep their entries side by side."""
+    return SliceCache(Path(cfg.data.cache_dir) / _cache_folder(index) / f"axis{cfg.data.slice_axis % 3}")
 
 
 def label_distribution(volumes: list[SliceVolume], num_classes: int) -> np.ndarray:

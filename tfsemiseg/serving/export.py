@@ -177,9 +177,8 @@ def _labels_digest(member: Member) -> Optional[str]:
 def evaluate_members(views: Sequence[ServedView], members: Sequence[Member], data_dir: Path,
                      parts: Sequence[str] = ("val", "test")) -> dict[str, dict[str, Any]]:
     """The exported model's metrics on its members' shared fold: {"val": report, "test": report}.
-    Each further view reads the volumes sliced along its axis (prepared with the config of its
-    first member, so in that member's slice cache)."""
-    from tfsemiseg.data.prepared import prepare_dataset
+    Each further view reads the volumes sliced along its axis (`volumes_along`)."""
+    from tfsemiseg.data.prepared import prepare_dataset, volumes_along
     from tfsemiseg.evaluation import View, evaluate_views
 
     folds = {m.result["fold"] for m in members}
@@ -197,13 +196,13 @@ def evaluate_members(views: Sequence[ServedView], members: Sequence[Member], dat
                                  f"{root} (split digest {m.result.get('split_digest')} != "
                                  f"{split.digest()}, and {labels_digest} != {split.labels_digest()} "
                                  "without extra unlabeled images); the runs of an evaluated model must share one split")
-    prepared = {views[0].axis: data}
-    for group, view in zip(view_groups([m.config.data.slice_axis % 3 for m in members]), views):
-        if view.axis not in prepared:
-            prepared[view.axis] = prepare_dataset(members[group[0]].config, data_dir, root)
-    return {part: evaluate_views([View(v.model, [prepared[v.axis].volumes[c] for c in getattr(split, part)], v.axis,
-                                       v.weight) for v in views], data.class_names, mirror=cfg.evaluation.mirror)
-            for part in parts}
+    reports = {}
+    for part in parts:
+        cases = list(getattr(split, part))
+        reports[part] = evaluate_views([View(v.model, [data.volumes[c] for c in cases] if v.axis == views[0].axis
+                                             else volumes_along(data, cfg, cases, v.axis), v.axis, v.weight)
+                                        for v in views], data.class_names, mirror=cfg.evaluation.mirror)
+    return reports
 
 
 def _metadata(members: Sequence[Member], settings: dict[str, Any],

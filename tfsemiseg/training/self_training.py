@@ -5,7 +5,8 @@ The teachers are finished fine-tuned models of the same fold, split and labeled 
 folders of any run, such as a student of an earlier round), each loaded with the config it
 was trained with, so the student may differ from them in width, seed or schedule. The
 argmax of their mean softmax labels every slice of the split's unlabeled train volumes (and
-of the extra unlabeled volumes when the config adds them). Validation and test volumes are
+of the extra unlabeled volumes when the config adds them); a teacher that slices along another
+axis than the student predicts in 3D as a view of an exported model does. Validation and test volumes are
 never pseudo-labeled. The student starts from random weights; each step it sees one
 augmented batch of labeled slices and one of pseudo-labeled slices:
 
@@ -23,9 +24,9 @@ import tensorflow as tf
 
 from tfsemiseg.config import Config
 from tfsemiseg.data.pipelines import finetune_dataset
-from tfsemiseg.data.prepared import PreparedData, TrainingArrays
+from tfsemiseg.data.prepared import PreparedData, TrainingArrays, volumes_along
 from tfsemiseg.errors import TfSemisegError
-from tfsemiseg.inference import predict_probabilities
+from tfsemiseg.inference import predict_probabilities, resize_probabilities, view_probabilities
 from tfsemiseg.losses import segmentation_loss
 from tfsemiseg.models.transfer import load_segmenter
 from tfsemiseg.training.stages import FinetuneTask
@@ -49,13 +50,31 @@ class Teacher(NamedTuple):
 
 def pseudo_labeled_arrays(cfg: Config, data: PreparedData, arrays: TrainingArrays,
                           teachers: Sequence[Teacher]) -> tuple[np.ndarray, np.ndarray]:
-    """The unlabeled train slices float32 [N, H, W] and their pseudo-labels uint8 [N, H, W]."""
+    """The unlabeled train slices float32 [N, H, W] and their pseudo-labels uint8 [N, H, W].
+
+    A teacher trained on slices along another axis than the student's (`data.slice_axis`) is a
+    view: it predicts each volume along its own axis, and its probabilities are resized to the
+    native slices, transposed into the student's slicing order and resized to the model size
+    (bilinear), then averaged with the other teachers' (as an exported model averages views)."""
     if not arrays.unlabeled_cases:
         raise TfSemisegError("self-training needs unlabeled train volumes; this labeled fraction has none")
-    images = np.concatenate([data.volumes[c].image for c in arrays.unlabeled_cases], 0).astype(np.float32)
-    k = len(data.class_names)
-    teachers = [load_segmenter(t.config, t.weights, k).segmenter for t in teachers]
-    return images, pseudo_labels(teachers, images, cfg.train.self_training.mirror)
+    cases = arrays.unlabeled_cases
+    images = np.concatenate([data.volumes[c].image for c in cases], 0).astype(np.float32)
+    k, axis, mirror = len(data.class_names), cfg.data.slice_axis % 3, cfg.train.self_training.mirror
+    same = [t for t in teachers if t.config.data.slice_axis % 3 == axis]
+    if len(same) == len(teachers):
+        return images, pseudo_labels([load_segmenter(t.config, t.weights, k).segmenter for t in teachers], images, mirror)
+    total = np.zeros(images.shape + (k,), np.float32)
+    for t in same:
+        total += predict_probabilities(load_segmenter(t.config, t.weights, k).segmenter, images, mirror=mirror)
+    for t in (t for t in teachers if t.config.data.slice_axis % 3 != axis):
+        model, own = load_segmenter(t.config, t.weights, k).segmenter, t.config.data.slice_axis % 3
+        start = 0
+        for vol in volumes_along(data, cfg, cases, own):
+            native = view_probabilities(model, vol.image, vol.native_shape, own, axis, mirror)
+            total[start : start + len(native)] += resize_probabilities(native, images.shape[1:3]).numpy()
+            start += len(native)
+    return images, np.argmax(total, axis=-1).astype(np.uint8)
 
 
 class SelfTrainingTask(FinetuneTask):
