@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Views for `hippocampus-5pct`: students that slice the volumes along axis 0, 1 or 2, taught by
+# today's `hippocampus-5pct` (the third-round width-32 student, slicing along axis 2, unpacked
+# from saved_models/ with the result and stage files its trial keeps), so that the students
+# can be averaged in 3D as views of one exported model. Fold 0, 5%: the labels of the same 7
+# volumes, pseudo-labels for the 125 other train volumes (a teacher along another axis than its
+# student predicts in 3D, then re-slices); evaluated on validation only. Frozen code (commit
+# 10c7de6, the first with view-aware teachers), one thread.
+#
+#   mkdir -p /work/i20vcode && git archive 10c7de6 | tar -x -C /work/i20vcode && echo 10c7de6 > /work/i20vcode/COMMIT
+#   bash run.sh NAME [--set KEY=VALUE ...]    # start or resume student NAME (its folder: RUNS/i20/views5/NAME)
+#
+# e.g. `bash run.sh axis0-w16 --set data.slice_axis=0`. The finished student's result_val.json
+# (with "code_commit" and "overrides" added) and its fine-tuning stage file are committed in
+# NAME/ beside this script at once.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(git -C "$here" rev-parse --show-toplevel)
+name=$1; shift
+CODE=${CODE:-/work/i20vcode} RUNS=${RUNS:-/work/runs} PY=$repo/.venv/bin/python
+kept=$repo/docs/results/hippocampus/trials/self-training-round3/w32-s1
+teacher=$RUNS/i20/views5/release/fold0/frac0.05/self-training
+if [[ ! -f $teacher/finetune/stage.json ]]; then
+  (cd "$CODE" && "$PY" cli.py unpack "$repo/saved_models/hippocampus-5pct" --force \
+      --result "$kept/result_val.json" --stage "$kept/finetune_stage.json" --to "$teacher")
+fi
+export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
+(cd "$CODE" && "$PY" cli.py run --config configs/hippocampus.yaml --data "$repo/../shared/data/Task04_Hippocampus" \
+    --method self-training --fraction 0.05 --fold 0 --out "$RUNS/i20/views5/$name" --evaluate-on val \
+    --set "data.cache_dir=$RUNS/cache" --set "train.self_training.teachers=[\"$teacher\"]" "$@")
+here_ps=$repo/docs/results/hippocampus/paper-schedule
+source "$here_ps/common.sh"
+run=$RUNS/i20/views5/$name/fold0/frac0.05/self-training dest=$here/$name
+keep_result "$run/result_val.json" "$dest/result_val.json" 'r["overrides"] = sys.argv[4:]' "$@"
+cp "$run/finetune/stage.json" "$dest/finetune_stage.json.tmp" && mv "$dest/finetune_stage.json.tmp" "$dest/finetune_stage.json"
+git_commit "self-training views at 5%, $name: validation result and stage file (code $commit)" "$dest"
