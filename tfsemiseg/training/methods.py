@@ -234,7 +234,7 @@ def _run_teachers(cfg: Config, data: PreparedData, run: RunLayout, cell: Cell, s
                                      "a teacher from another run must record them (retrain it with this version)")
         _check_teacher(folder, info, cell, labels_digest)
         tcfg = tcfg or cfg
-        for setting in ("image_size", "slice_axis", "channel"):
+        for setting in ("image_size", "channel"):  # another slice_axis: a view, predicting in 3D
             if getattr(tcfg.data, setting) != getattr(cfg.data, setting):
                 raise TfSemisegError(f"{folder}: trained with data.{setting} = {getattr(tcfg.data, setting)!r}, "
                                      f"not {getattr(cfg.data, setting)!r}; a teacher must read the student's slices")
