@@ -5,9 +5,9 @@
 # can be averaged in 3D as views of one exported model. Fold 0, 5%: the labels of the same 7
 # volumes, pseudo-labels for the 125 other train volumes (a teacher along another axis than its
 # student predicts in 3D, then re-slices); evaluated on validation only. Frozen code (commit
-# 10c7de6, the first with view-aware teachers), one thread.
+# 6656acd, the first whose teachers may be views), one thread.
 #
-#   mkdir -p /work/i20vcode && git archive 10c7de6 | tar -x -C /work/i20vcode && echo 10c7de6 > /work/i20vcode/COMMIT
+#   mkdir -p /work/i20vcode && git archive 6656acd | tar -x -C /work/i20vcode && echo 6656acd > /work/i20vcode/COMMIT
 #   bash run.sh NAME [--set KEY=VALUE ...]    # start or resume student NAME (its folder: RUNS/i20/views5/NAME)
 #
 # e.g. `bash run.sh axis0-w16 --set data.slice_axis=0`. The finished student's result_val.json
