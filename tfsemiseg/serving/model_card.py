@@ -57,11 +57,14 @@ def _members_section(meta: dict[str, Any]) -> str:
                 return _num(m[f"{part}_metrics"].get("pooled_dice", {}).get("mean")) + tag
         return "n/a"
 
-    rows = [f"| `{m['method']}` | {m['fold']} | {m['labeled_fraction']:g} | {m.get('seed')} | {own(m)} | `{m['run']}` |"
-            for m in members]
+    axes = meta.get("member_slice_axes")
+    axis = (lambda i: f" {axes[i]} |") if axes else (lambda i: "")
+    rows = [f"| `{m['method']}` | {m['fold']} | {m['labeled_fraction']:g} | {m.get('seed')} |{axis(i)} {own(m)} | "
+            f"`{m['run']}` |" for i, m in enumerate(members)]
     return ("\n## Members\nThe model averages the softmax of these runs inside the graph:\n\n"
-            "| method | fold | labeled fraction | seed | its own pooled Dice (test, else validation) | run folder |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            f"| method | fold | labeled fraction | seed |{' slicing axis |' if axes else ''} its own pooled Dice "
+            f"(test, else validation) | run folder |\n|---|---|---|---|{'---|' if axes else ''}---|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:

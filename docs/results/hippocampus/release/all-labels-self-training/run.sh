@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Self-training for the all-labels model, towards the next `hippocampus` release: today's
-# release (saved_models/hippocampus, 40 epochs, rebuilt as a run folder by ../hippocampus/unpack.sh) labels the
+# Self-training for the all-labels model, towards the next `hippocampus` release: the
+# release of 2026-12-02 (saved_models/hippocampus then, 40 epochs, member 0 of it since, rebuilt as a run folder by ../hippocampus/unpack.sh) labels the
 # 130 volumes of imagesTs (`data.use_test_images_unlabeled=true`; they have no labels), and a
 # student learns from every train label of fold 0 and those pseudo-labels (8 + 8 slices a step).
 # Fold 0, random init, evaluated on validation only; from frozen code (commit 2577fe0), one thread.
