@@ -490,3 +490,19 @@ def test_views_along_other_axes_are_served_and_evaluated_averaged_in_3d(trained_
     with np.load(view / "finetune" / "weights.npz") as own, np.load(back / "finetune" / "weights.npz") as got:
         for key in (k for k in own.files if not k.startswith(("h1", "h2"))):
             np.testing.assert_array_equal(got[key], own[key], err_msg=key)
+
+    # members along axes 2, 0, 2: the SavedModel holds them grouped by view (0, 2, then 1), and
+    # unpack still gives each member its own weights; a result of the wrong view is refused
+    from tfsemiseg.errors import TfSemisegError
+    from tfsemiseg.serving.unpack import unpack_export
+
+    third = _perturbed_copy(first, trained_run["tmp"] / "run" / "fold0" / "frac1" / "random-third", 0.05, seed=5)
+    mixed = export_run([first, view, third], tmp_path / "mixed")
+    assert json.loads((mixed / "metadata.json").read_text())["member_slice_axes"] == [2, 0, 2]
+    for member, run_dir in ((2, third), (1, view)):
+        dest = tmp_path / f"m{member}" / "fold0" / "frac1" / "random"
+        unpack_export(mixed, run_dir / "result.json", dest, member=member)
+        with np.load(run_dir / "finetune" / "weights.npz") as own, np.load(dest / "finetune" / "weights.npz") as got:
+            assert all(np.array_equal(got[k], own[k]) for k in own.files if not k.startswith(("h1", "h2"))), member
+    with pytest.raises(TfSemisegError, match=r"result.json: slice_axis 2 differs from .*mixed's member 1 0"):
+        unpack_export(mixed, third / "result.json", tmp_path / "x" / "fold0" / "frac1" / "random", member=1)

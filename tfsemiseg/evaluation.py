@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsemiseg.data.preprocess import SliceVolume
+from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.inference import native_labels, predict_probabilities, resize_probabilities, view_probabilities
 from tfsemiseg.metrics.dice import PooledDice, dice_per_class, summarise_per_volume
 from tfsemiseg.metrics.surface import hd95_per_class, summarise_hd95
@@ -109,13 +110,14 @@ def evaluate_views(views: Sequence[View], class_names: Sequence[str], mirror: bo
     Each view's probabilities are resized to its native slice size and transposed into the
     first view's slicing order; the weighted mean is the prediction at native resolution. The
     pooled Dice is at the first view's model resolution: its own probabilities averaged with
-    the others' native ones resized to that resolution (bilinear). One view is `evaluate_volumes`.
+    the others' native ones resized to that resolution (bilinear), so it depends on which view
+    comes first (per-volume Dice and HD95 do not). One view is `evaluate_volumes`.
     """
     k = len(class_names)
     first, others = views[0], views[1:]
     for view in others:
         if [v.case_id for v in view.volumes] != [v.case_id for v in first.volumes]:
-            raise ValueError(f"the view along axis {view.axis} lists other cases than the first view's")
+            raise TfSemisegError(f"the view along axis {view.axis} lists other cases than the first view's")
     total = float(sum(view.weight for view in views))
     pooled = PooledDice(k)
     per_volume, hd95, cases = [], [], []
@@ -127,7 +129,7 @@ def evaluate_views(views: Sequence[View], class_names: Sequence[str], mirror: bo
                 other = view.volumes[i]
                 moved = view_probabilities(view.model, other.image, other.native_shape, view.axis, first.axis, mirror)
                 if moved.shape != rest.shape:
-                    raise ValueError(f"{vol.case_id}: the view along axis {view.axis} has native shape "
+                    raise TfSemisegError(f"{vol.case_id}: the view along axis {view.axis} has native shape "
                                      f"{moved.shape[:3]} in the first view's order, not {tuple(vol.native_shape)}")
                 rest += view.weight * moved
             native = (first.weight * resize_probabilities(probs, vol.native_shape[1:]).numpy() + rest) / total

@@ -10,7 +10,8 @@ probabilities resized back to H x W (bilinear), argmax. Outputs `probabilities`
 float32 [N, H, W, K] and `labels` int32 [N, H, W]. `metadata.json` lies beside it.
 
 Runs trained on slices along different axes (`data.slice_axis`) are served as one model of
-several views: the input stays the slices along the first run's axis; inside the graph each
+several views: the input stays the slices along the first run's axis (all of a volume's
+slices, in order, since the other views re-slice the stack); inside the graph each
 view transposes them to its own axis, predicts as above up to its native-size probabilities,
 and transposes them back; the mean over runs (each run weighs the same) gives the labels.
 """
@@ -178,7 +179,7 @@ def evaluate_members(views: Sequence[ServedView], members: Sequence[Member], dat
                      parts: Sequence[str] = ("val", "test")) -> dict[str, dict[str, Any]]:
     """The exported model's metrics on its members' shared fold: {"val": report, "test": report}.
     Each further view reads the volumes sliced along its axis (`volumes_along`)."""
-    from tfsemiseg.data.prepared import prepare_dataset, volumes_along
+    from tfsemiseg.data.prepared import evaluation_volumes, prepare_dataset, volumes_along
     from tfsemiseg.evaluation import View, evaluate_views
 
     folds = {m.result["fold"] for m in members}
@@ -198,8 +199,9 @@ def evaluate_members(views: Sequence[ServedView], members: Sequence[Member], dat
                                  "without extra unlabeled images); the runs of an evaluated model must share one split")
     reports = {}
     for part in parts:
-        cases = list(getattr(split, part))
-        reports[part] = evaluate_views([View(v.model, [data.volumes[c] for c in cases] if v.axis == views[0].axis
+        volumes = evaluation_volumes(data, split, part)
+        cases = [vol.case_id for vol in volumes]
+        reports[part] = evaluate_views([View(v.model, volumes if v.axis == views[0].axis
                                              else volumes_along(data, cfg, cases, v.axis), v.axis, v.weight)
                                         for v in views], data.class_names, mirror=cfg.evaluation.mirror)
     return reports
@@ -225,7 +227,9 @@ def _metadata(members: Sequence[Member], settings: dict[str, Any],
         "training_config": first["config"],
         "tfsemiseg_version": tfsemiseg.__version__,
         "signature": {
-            "inputs": {"slices": "float32 [N, H, W], raw intensities of one volume's slices"},
+            "inputs": {"slices": "float32 [N, H, W], raw intensities of one volume's slices"
+                       + (", all of them in order (views re-slice the volume)" if len(members) > 1 and len(
+                           {m.config.data.slice_axis % 3 for m in members}) > 1 else "")},
             "outputs": {"probabilities": "float32 [N, H, W, K]", "labels": "int32 [N, H, W]"},
         },
     }

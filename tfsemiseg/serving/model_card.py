@@ -83,7 +83,9 @@ def model_card(meta: dict[str, Any], name: str, notes: str = "") -> str:
     views = (f"\n- Views (inside the model): the members slice the volume along axes {', '.join(map(str, axes))}; each"
              "\n  member's probabilities are resized to its own slices, put back in the input's slicing order and"
              "\n  averaged in 3D (each member weighs the same)." if axes else "")
-    mirror += views
+    mirror += views + ("\n- Pooled Dice below is at the first member's model resolution (the others' probabilities"
+                       "\n  resized to it); per-volume Dice and HD95 do not depend on the order of the members."
+                       if axes else "")
     fold = "several folds" if meta.get("fold") is None else f"fold {meta['fold']}"
     fraction = ("labeled fractions as listed below" if meta.get("labeled_fraction") is None
                 else f"labeled fraction {meta['labeled_fraction']:g}")

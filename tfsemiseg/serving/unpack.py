@@ -78,6 +78,11 @@ def _check_pair(model_dir: Path, metadata: dict[str, Any], result_path: Path, re
         if own.get(meta_key) is not None and result.get(key) != own.get(meta_key):
             raise TfSemisegError(f"{result_path}: {key} {result.get(key)!r} differs from {which} "
                                  f"{own.get(meta_key)!r}; give the result file of the exported run")
+    if members:  # views of one model may share everything above but their slicing axis
+        axis = (result["config"].get("data") or {}).get("slice_axis", -1)
+        if isinstance(axis, int) and axis % 3 != _member_axes(metadata)[member]:
+            raise TfSemisegError(f"{result_path}: slice_axis {axis % 3} differs from {which} "
+                                 f"{_member_axes(metadata)[member]}; give the result file of the exported run")
 
 
 def _check_stage(stage_path: Path, result_path: Path, result: dict[str, Any]) -> None:
@@ -95,7 +100,7 @@ def _check_stage(stage_path: Path, result_path: Path, result: dict[str, Any]) ->
 
 def _check_members(model_dir: Path, loaded, metadata: dict[str, Any], groups: list[dict[str, np.ndarray]],
                    cfg, result_path: Path) -> None:
-    """The variables split into `groups` (in `member_order`) must rebuild the ensemble: each
+    """The variables split into `groups` (members in `export.view_groups` order) must rebuild the ensemble: each
     group fits the U-Net of the result's config, and their softmax average, served as `export`
     serves it (views and all), reproduces the SavedModel's output on a probe batch."""
     import tensorflow as tf
@@ -128,7 +133,7 @@ def _check_members(model_dir: Path, loaded, metadata: dict[str, Any], groups: li
         model = models[0] if len(models) == 1 else SoftmaxEnsemble(models)
         model(tf.zeros([1, size, size, 1]))
         views.append(ServedView(axes[group[0]], model, len(group)))
-    probe = tf.constant(np.random.default_rng(0).uniform(0.0, 1000.0, (size - 9, size + 3, size - 5)).astype(np.float32))
+    probe = tf.constant(np.random.default_rng(0).uniform(0.0, 1000.0, (size + 7, size + 3, size - 5)).astype(np.float32))
     mirror = bool(metadata.get("test_time_mirroring", False))
     ours = serving_function(views if len(views) > 1 else views[0].model, size, mirror)(probe)["probabilities"].numpy()
     served = loaded.signatures["serving_default"](slices=probe)["probabilities"].numpy()

@@ -70,8 +70,11 @@ def pseudo_labeled_arrays(cfg: Config, data: PreparedData, arrays: TrainingArray
     for t in (t for t in teachers if t.config.data.slice_axis % 3 != axis):
         model, own = load_segmenter(t.config, t.weights, k).segmenter, t.config.data.slice_axis % 3
         start = 0
-        for vol in volumes_along(data, cfg, cases, own):
+        for case, vol in zip(cases, volumes_along(data, cfg, cases, own)):
             native = view_probabilities(model, vol.image, vol.native_shape, own, axis, mirror)
+            if len(native) != data.volumes[case].num_slices:
+                raise TfSemisegError(f"{case}: re-sliced along axis {axis}, the view along axis {own} gives "
+                                     f"{len(native)} slices, not the student's {data.volumes[case].num_slices}")
             total[start : start + len(native)] += resize_probabilities(native, images.shape[1:3]).numpy()
             start += len(native)
     return images, np.argmax(total, axis=-1).astype(np.uint8)
