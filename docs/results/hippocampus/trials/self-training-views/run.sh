@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Views for `hippocampus-5pct`: students that slice the volumes along axis 0, 1 or 2, taught by
-# today's `hippocampus-5pct` (the third-round width-32 student, slicing along axis 2, unpacked
-# from saved_models/ with the result and stage files its trial keeps), so that the students
+# the third-round `hippocampus-5pct` (the width-32 student slicing along axis 2, released in
+# commit ce85057 and replaced by these students' views since; unpacked from that commit's
+# SavedModel with the result and stage files its trial keeps), so that the students
 # can be averaged in 3D as views of one exported model. Fold 0, 5%: the labels of the same 7
 # volumes, pseudo-labels for the 125 other train volumes (a teacher along another axis than its
 # student predicts in 3D, then re-slices); evaluated on validation only. Frozen code (commit
@@ -20,8 +21,13 @@ name=$1; shift
 CODE=${CODE:-/work/i20vcode} RUNS=${RUNS:-/work/runs} PY=$repo/.venv/bin/python
 kept=$repo/docs/results/hippocampus/trials/self-training-round3/w32-s1
 teacher=$RUNS/i20/views5/release/fold0/frac0.05/self-training
+model=$RUNS/i20/views5/hippocampus-5pct-round3
+if [[ ! -f $model/saved_model.pb ]]; then  # the third-round release, as committed
+  mkdir -p "$model.tmp" && git -C "$repo" archive ce85057 saved_models/hippocampus-5pct | tar -x -C "$model.tmp" &&
+    mv "$model.tmp/saved_models/hippocampus-5pct" "$model" && rm -rf "$model.tmp"
+fi
 if [[ ! -f $teacher/finetune/stage.json ]]; then
-  (cd "$CODE" && "$PY" cli.py unpack "$repo/saved_models/hippocampus-5pct" --force \
+  (cd "$CODE" && "$PY" cli.py unpack "$model" --force \
       --result "$kept/result_val.json" --stage "$kept/finetune_stage.json" --to "$teacher")
 fi
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
