@@ -11,7 +11,10 @@
 #   mkdir -p /work/i20vcode && git archive 6656acd | tar -x -C /work/i20vcode && echo 6656acd > /work/i20vcode/COMMIT
 #   bash run.sh NAME [--set KEY=VALUE ...]    # start or resume student NAME (its folder: RUNS/i20/views5/NAME)
 #
-# e.g. `bash run.sh axis0-w16 --set data.slice_axis=0`. The finished student's result_val.json
+# e.g. `bash run.sh axis0-w16 --set data.slice_axis=0`. With TEACHERS="NAME..." (students of this
+# script), those finished students teach instead (a fifth round: the three views teach in 3D),
+# e.g. `TEACHERS="axis2-w16 axis0-w16 axis1-w16" bash run.sh r5-axis1 --set data.slice_axis=1`.
+# The finished student's result_val.json
 # (with "code_commit" and "overrides" added) and its fine-tuning stage file are committed in
 # NAME/ beside this script at once.
 set -euo pipefail
@@ -30,10 +33,15 @@ if [[ ! -f $teacher/finetune/stage.json ]]; then
   (cd "$CODE" && "$PY" cli.py unpack "$model" --force \
       --result "$kept/result_val.json" --stage "$kept/finetune_stage.json" --to "$teacher")
 fi
+list="[\"$teacher\"]"
+if [[ -n ${TEACHERS:-} ]]; then
+  list=$(for t in $TEACHERS; do printf '"%s",' "$RUNS/i20/views5/$t/fold0/frac0.05/self-training"; done)
+  list="[${list%,}]"
+fi
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
 (cd "$CODE" && "$PY" cli.py run --config configs/hippocampus.yaml --data "$repo/../shared/data/Task04_Hippocampus" \
     --method self-training --fraction 0.05 --fold 0 --out "$RUNS/i20/views5/$name" --evaluate-on val \
-    --set "data.cache_dir=$RUNS/cache" --set "train.self_training.teachers=[\"$teacher\"]" "$@")
+    --set "data.cache_dir=$RUNS/cache" --set "train.self_training.teachers=$list" "$@")
 here_ps=$repo/docs/results/hippocampus/paper-schedule
 source "$here_ps/common.sh"
 run=$RUNS/i20/views5/$name/fold0/frac0.05/self-training dest=$here/$name
