@@ -29,10 +29,10 @@ import tensorflow as tf
 import tfsemiseg
 from tfsemiseg.config import Config, from_dict
 from tfsemiseg.data.preprocess import model_input
+from tfsemiseg.data.splits import recorded_labels_digest
 from tfsemiseg.errors import TfSemisegError
 from tfsemiseg.inference import resize_probabilities, softmax_probabilities, view_permutation
 from tfsemiseg.io_utils import atomic_dir, read_json
-from tfsemiseg.data.splits import recorded_labels_digest
 from tfsemiseg.layout import finished_cell_files, model_files, run_root_of, stage_files
 from tfsemiseg.models.ensemble import SoftmaxEnsemble
 from tfsemiseg.models.transfer import load_segmenter
@@ -49,10 +49,9 @@ class ServedView:
     weight: int = 1
 
 
-def serving_function(segmenter: keras.Model | Sequence[ServedView], image_size: int, mirror: bool = False):
-    """The whole-volume prediction graph around `segmenter`, or around several views (the
-    first view's axis is the input's slicing axis; see the module docstring)."""
-    views = list(segmenter) if not isinstance(segmenter, keras.Model) else [ServedView(0, segmenter)]
+def serving_function(views: Sequence[ServedView], image_size: int, mirror: bool = False):
+    """The whole-volume prediction graph around the views (the first view's axis is the input's
+    slicing axis; one view is one segmenter or ensemble; see the module docstring)."""
     total = float(sum(v.weight for v in views))
 
     def native_probabilities(view: ServedView, slices):
@@ -87,11 +86,16 @@ class Member:
     weights: Path
     config: Config
 
+    @property
+    def axis(self) -> int:
+        """The slicing axis the run was trained on, 0-2."""
+        return self.config.data.slice_axis % 3
+
     def summary(self) -> dict[str, Any]:
         r = self.result
         return {"run": str(self.run_dir), "method": r["method"], "fold": r["fold"], "labeled_fraction": r["fraction"],
                 "labeled_cases": r.get("labeled_cases"), "seed": r.get("seed"),
-                "slice_axis": self.config.data.slice_axis % 3,
+                "slice_axis": self.axis,
                 f"{r.get('part', 'test')}_metrics": _without_cases(r["metrics"])}
 
 
@@ -148,24 +152,25 @@ def view_groups(axes: Sequence[int]) -> list[list[int]]:
     return [[i for i, a in enumerate(axes) if a == axis] for axis in order]
 
 
+def assemble_views(segmenters: Sequence[keras.Model], axes: Sequence[int], image_size: int) -> list[ServedView]:
+    """The segmenters of the members (in member order, with their slicing axes) as views
+    (`view_groups`), each one segmenter or the softmax-averaging ensemble of several."""
+    views = []
+    for group in view_groups(axes):
+        models = [segmenters[i] for i in group]
+        model = models[0]
+        if len(models) > 1:
+            model = SoftmaxEnsemble(models)
+            model(tf.zeros([1, image_size, image_size, 1]))  # build
+        views.append(ServedView(axes[group[0]], model, len(group)))
+    return views
+
+
 def load_views(members: Sequence[Member], settings: dict[str, Any]) -> list[ServedView]:
-    """The members as views (`view_groups`), each one segmenter or the ensemble of several."""
-    axes = [m.config.data.slice_axis % 3 for m in members]
-    return [ServedView(axes[group[0]], load_model([members[i] for i in group], settings), len(group))
-            for group in view_groups(axes)]
-
-
-def load_model(members: Sequence[Member], settings: dict[str, Any]) -> keras.Model:
-    """The segmenter of one member, or the softmax-averaging ensemble of several (float32);
-    `settings`: what `check_members` found they share."""
+    """The members' segmenters (float32) as views; `settings`: what `check_members` found they share."""
     k = len(settings["class_names"])
     segmenters = [load_segmenter(m.config, m.weights, k).segmenter for m in members]
-    if len(segmenters) == 1:
-        return segmenters[0]
-    ensemble = SoftmaxEnsemble(segmenters)
-    size = settings["image_size"]
-    ensemble(tf.zeros([1, size, size, 1]))  # build
-    return ensemble
+    return assemble_views(segmenters, [m.axis for m in members], settings["image_size"])
 
 
 def _labels_digest(member: Member) -> Optional[str]:
@@ -210,6 +215,7 @@ def evaluate_members(views: Sequence[ServedView], members: Sequence[Member], dat
 def _metadata(members: Sequence[Member], settings: dict[str, Any],
               evaluation: Optional[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     first = members[0].result
+    axes = [m.axis for m in members]
     shared = {key: first[key] if all(m.result[key] == first[key] for m in members) else None
               for key in ("fold", "fraction")}
     labeled = sorted({c for m in members for c in (m.result.get("labeled_cases") or [])})
@@ -228,8 +234,7 @@ def _metadata(members: Sequence[Member], settings: dict[str, Any],
         "tfsemiseg_version": tfsemiseg.__version__,
         "signature": {
             "inputs": {"slices": "float32 [N, H, W], raw intensities of one volume's slices"
-                       + (", all of them in order (views re-slice the volume)" if len(members) > 1 and len(
-                           {m.config.data.slice_axis % 3 for m in members}) > 1 else "")},
+                       + (", all of them in order (views re-slice the volume)" if len(set(axes)) > 1 else "")},
             "outputs": {"probabilities": "float32 [N, H, W, K]", "labels": "int32 [N, H, W]"},
         },
     }
@@ -237,7 +242,6 @@ def _metadata(members: Sequence[Member], settings: dict[str, Any],
         metadata["val_metrics"] = _without_cases(evaluation["val"])
     if len(members) > 1:
         metadata["members"] = [m.summary() for m in members]
-    axes = [m.config.data.slice_axis % 3 for m in members]
     if len(set(axes)) > 1:
         metadata["member_slice_axes"] = axes
     return metadata
@@ -258,8 +262,7 @@ def export_run(run_dirs: Path | Sequence[Path], dest: Path, overwrite: bool = Fa
         archive.track(view.model)
     archive.add_endpoint(
         name="serving_default",
-        fn=serving_function(views if len(views) > 1 else views[0].model, settings["image_size"],
-                            settings["test_time_mirroring"]),
+        fn=serving_function(views, settings["image_size"], settings["test_time_mirroring"]),
     )
     metadata = _metadata(members, settings, evaluation)
     with atomic_dir(Path(dest), overwrite=overwrite) as tmp:

@@ -38,7 +38,7 @@ def _load_saved_model(model_dir: Path):
 def _variable_groups(model_dir: Path, loaded) -> list[dict[str, np.ndarray]]:
     """The SavedModel's variables keyed as `save_weights_by_name` keys a model's (the variable
     name without its ':0'), split where a name comes again: one dict per ensemble member, in
-    the members' order grouped by view (`export.view_groups`; a single model gives one)."""
+    `_stored_order` (a single model gives one)."""
     groups: list[dict[str, np.ndarray]] = [{}]
     for variable in loaded.variables:
         key = variable.name.removesuffix(":0")
@@ -100,20 +100,20 @@ def _check_stage(stage_path: Path, result_path: Path, result: dict[str, Any]) ->
 
 def _check_members(model_dir: Path, loaded, metadata: dict[str, Any], groups: list[dict[str, np.ndarray]],
                    cfg, result_path: Path) -> None:
-    """The variables split into `groups` (members in `export.view_groups` order) must rebuild the ensemble: each
-    group fits the U-Net of the result's config, and their softmax average, served as `export`
-    serves it (views and all), reproduces the SavedModel's output on a probe batch."""
+    """The variables split into `groups` (members in `_stored_order`) must rebuild the ensemble:
+    each group fits the U-Net of the result's config, and their softmax average, served as
+    `export` serves it (views and all), reproduces the SavedModel's output on a probe batch."""
     import tensorflow as tf
 
-    from tfsemiseg.models.ensemble import SoftmaxEnsemble
     from tfsemiseg.models.transfer import load_segmenter
-    from tfsemiseg.serving.export import ServedView, serving_function, view_groups
+    from tfsemiseg.serving.export import assemble_views, serving_function
 
     n = len(metadata["members"])
     if len(groups) != n:
         raise TfSemisegError(f"{model_dir}: its variables split into {len(groups)} models, not its {n} members; "
                              "cannot tell which are whose")
     k, size = len(metadata["class_names"]), int(metadata["image_size"])
+    order = _stored_order(metadata)
     segmenters = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, arrays in enumerate(groups):
@@ -123,19 +123,13 @@ def _check_members(model_dir: Path, loaded, metadata: dict[str, Any], groups: li
                 segmenters.append(load_segmenter(cfg, path, k).segmenter)
             except TfSemisegError as exc:
                 problem = str(exc).removeprefix(f"{path}: ")
-                raise TfSemisegError(f"{model_dir}: member {i}'s variables do not fit the U-Net of {result_path} "
+                raise TfSemisegError(f"{model_dir}: member {order[i]}'s variables do not fit the U-Net of {result_path} "
                                      f"({problem}); only members of one architecture can be unpacked") from None
-    axes = _member_axes(metadata)
-    views, start = [], 0
-    for group in view_groups(axes):
-        models = segmenters[start:start + len(group)]
-        start += len(group)
-        model = models[0] if len(models) == 1 else SoftmaxEnsemble(models)
-        model(tf.zeros([1, size, size, 1]))
-        views.append(ServedView(axes[group[0]], model, len(group)))
+    by_member = [segmenters[order.index(i)] for i in range(n)]
+    views = assemble_views(by_member, _member_axes(metadata), size)
     probe = tf.constant(np.random.default_rng(0).uniform(0.0, 1000.0, (size + 7, size + 3, size - 5)).astype(np.float32))
     mirror = bool(metadata.get("test_time_mirroring", False))
-    ours = serving_function(views if len(views) > 1 else views[0].model, size, mirror)(probe)["probabilities"].numpy()
+    ours = serving_function(views, size, mirror)(probe)["probabilities"].numpy()
     served = loaded.signatures["serving_default"](slices=probe)["probabilities"].numpy()
     if not np.allclose(ours, served, atol=1e-4):
         raise TfSemisegError(f"{model_dir}: its variables, split into {n} members, do not reproduce its output "
@@ -145,6 +139,13 @@ def _check_members(model_dir: Path, loaded, metadata: dict[str, Any], groups: li
 def _member_axes(metadata: dict[str, Any]) -> list[int]:
     """The slicing axis of each member of an exported ensemble."""
     return metadata.get("member_slice_axes") or [int(metadata["slice_axis"])] * len(metadata["members"])
+
+
+def _stored_order(metadata: dict[str, Any]) -> list[int]:
+    """The members' indices in the order the SavedModel stores their variables (by view)."""
+    from tfsemiseg.serving.export import view_groups
+
+    return [i for group in view_groups(_member_axes(metadata)) for i in group]
 
 
 def unpack_export(model_dir: Path, result_path: Path, dest: Path, overwrite: bool = False,
@@ -185,9 +186,7 @@ def unpack_export(model_dir: Path, result_path: Path, dest: Path, overwrite: boo
         arrays = groups[0]
     else:
         _check_members(model_dir, loaded, metadata, groups, cfg, result_path)
-        from tfsemiseg.serving.export import view_groups
-
-        arrays = groups[[i for group in view_groups(_member_axes(metadata)) for i in group].index(member)]
+        arrays = groups[_stored_order(metadata).index(member)]
     with atomic_dir(dest, overwrite=overwrite) as tmp:
         files = stage_files(tmp / "finetune")
         files.weights.parent.mkdir(parents=True)

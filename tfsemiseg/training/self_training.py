@@ -67,10 +67,13 @@ def pseudo_labeled_arrays(cfg: Config, data: PreparedData, arrays: TrainingArray
     total = np.zeros(images.shape + (k,), np.float32)
     for t in same:
         total += predict_probabilities(load_segmenter(t.config, t.weights, k).segmenter, images, mirror=mirror)
+    along: dict[int, list] = {}  # each other axis's volumes, read once for all its teachers
     for t in (t for t in teachers if t.config.data.slice_axis % 3 != axis):
         model, own = load_segmenter(t.config, t.weights, k).segmenter, t.config.data.slice_axis % 3
+        if own not in along:
+            along[own] = volumes_along(data, cfg, cases, own)
         start = 0
-        for case, vol in zip(cases, volumes_along(data, cfg, cases, own)):
+        for case, vol in zip(cases, along[own]):
             native = view_probabilities(model, vol.image, vol.native_shape, own, axis, mirror)
             if len(native) != data.volumes[case].num_slices:
                 raise TfSemisegError(f"{case}: re-sliced along axis {axis}, the view along axis {own} gives "

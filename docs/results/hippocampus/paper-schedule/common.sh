@@ -25,3 +25,11 @@ keep_result() {  # keep_result SRC DEST [PYTHON [ARG...]]: copy a result.json wi
   "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); r['code_commit']=sys.argv[3]; $edit
 json.dump(r, open(sys.argv[2], 'w'), indent=1)" "$src" "$dest.tmp" "$commit" "$@" && mv "$dest.tmp" "$dest"
 }
+
+keep_finished() {  # keep_finished RUN DEST MESSAGE [ARG...]: a finished cell's result_val.json (with "code_commit"
+  # and the ARGs, the run's extra options, as "overrides") and its fine-tuning stage file kept in DEST, committed
+  local run=$1 dest=$2 msg=$3; shift 3
+  keep_result "$run/result_val.json" "$dest/result_val.json" 'r["overrides"] = sys.argv[4:]' "$@"
+  cp "$run/finetune/stage.json" "$dest/finetune_stage.json.tmp" && mv "$dest/finetune_stage.json.tmp" "$dest/finetune_stage.json"
+  git_commit "$msg" "$dest"
+}

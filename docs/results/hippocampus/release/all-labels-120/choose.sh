@@ -21,11 +21,8 @@
 # candidate's metadata carries the test figures published with it; they play no part in the choice).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(git -C "$here" rev-parse --show-toplevel)
 RUNS=${RUNS:-/work/runs}
 OUT=$(realpath -m "${OUT:-$RUNS/i20/full120}")
-data=$repo/../shared/data/Task04_Hippocampus
-cli() { (cd "$repo" && TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 .venv/bin/python cli.py "$@"); }
 member() {  # member NAME -> its finished run folder
   local run
   case $1 in
@@ -40,20 +37,9 @@ member() {  # member NAME -> its finished run folder
   echo "$run"
 }
 (( $# )) || set -- full120 release full120+release
-mkdir -p "$here/candidates"
 for name in "$@"; do
   members=()
   IFS=+ read -r -a parts <<< "$name"
   for m in "${parts[@]}"; do members+=("$(member "$m")"); done
-  dest=$OUT/candidates/$name
-  grep -q '"val_metrics"' "$dest/metadata.json" 2>/dev/null ||
-    cli export "${members[@]}" --to "$dest" --data "$data" --parts val --force
-  cp "$dest/metadata.json" "$here/candidates/$name.json"
-  python3 - "$dest/metadata.json" "$name" "$(du -sb "$dest" | cut -f1)" <<'PY'
-import json, sys
-v = json.load(open(sys.argv[1]))["val_metrics"]
-print(f"{sys.argv[2]:24s} validation pooled Dice {v['pooled_dice']['mean']:.4f}  "
-      f"per-volume Dice {v['volume_dice']['mean_over_classes']:.4f}  HD95 {v['hd95_mm']['mean_over_classes']:.2f} mm  "
-      f"{int(sys.argv[3]) / 2**20:.1f} MiB")
-PY
+  bash "$here/../export_candidate.sh" "$name" "$OUT/candidates/$name" "$here/candidates" "${members[@]}"
 done

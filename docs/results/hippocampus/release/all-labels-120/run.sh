@@ -7,7 +7,7 @@
 #   bash run.sh            # start or resume (restores partial/ first on a new machine)
 #   bash run.sh save       # keep the latest checkpoint in partial/ beside this script
 #
-# Once the run finishes, its result_val.json (with "code_commit" added) and its fine-tuning
+# Once the run finishes, its result_val.json (with "code_commit", and SETS as "overrides") and its fine-tuning
 # stage file are copied beside its partial/ folder, the folder is dropped, and both are
 # committed at once, so a finished run is never lost with its machine.
 #
@@ -28,7 +28,5 @@ export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
   --set "data.cache_dir=$(dirname "$OUT")/cache" --set train.finetune_stage.checkpoint_every_steps=600 "${sets[@]}")
 dest=$(dirname "$KEEP") run=$OUT/fold0/frac1/random
 source "$repo/docs/results/hippocampus/paper-schedule/common.sh"
-keep_result "$run/result_val.json" "$dest/result_val.json"
-cp "$run/finetune/stage.json" "$dest/finetune_stage.json.tmp" && mv "$dest/finetune_stage.json.tmp" "$dest/finetune_stage.json"
-rm -rf "$KEEP"  # git_commit's `git add` stages its removal too
-git_commit "$(basename "$dest") run finished (code $commit): result_val.json and its fine-tuning stage file" "$dest"
+rm -rf "$KEEP"  # the commit's `git add` stages its removal too
+keep_finished "$run" "$dest" "$(basename "$dest") run finished (code $commit): result_val.json and its fine-tuning stage file" "${sets[@]}"

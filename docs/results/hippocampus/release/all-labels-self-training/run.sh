@@ -29,7 +29,5 @@ export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
     --set "train.self_training.teachers=[\"$teacher\"]" --set train.finetune_stage.checkpoint_every_steps=600 "$@")
 source "$repo/docs/results/hippocampus/paper-schedule/common.sh"
 run=$out/fold0/frac1/self-training
-keep_result "$run/result_val.json" "$dest/result_val.json" 'r["overrides"] = sys.argv[4:]' "$@"
-cp "$run/finetune/stage.json" "$dest/finetune_stage.json.tmp" && mv "$dest/finetune_stage.json.tmp" "$dest/finetune_stage.json"
-rm -rf "$dest/partial"  # git_commit's `git add` stages its removal too
-git_commit "all-labels self-training, $name: validation result and stage file (code $commit)" "$dest"
+rm -rf "$dest/partial"  # the commit's `git add` stages its removal too
+keep_finished "$run" "$dest" "all-labels self-training, $name: validation result and stage file (code $commit)" "$@"

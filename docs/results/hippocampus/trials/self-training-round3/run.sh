@@ -42,6 +42,4 @@ export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
 here_ps=$repo/docs/results/hippocampus/paper-schedule
 source "$here_ps/common.sh"
 run=$RUNS/i20/round3/$name/fold0/frac0.05/self-training dest=$here/$name
-keep_result "$run/result_val.json" "$dest/result_val.json" 'r["overrides"] = sys.argv[4:]' "$@"
-cp "$run/finetune/stage.json" "$dest/finetune_stage.json.tmp" && mv "$dest/finetune_stage.json.tmp" "$dest/finetune_stage.json"
-git_commit "self-training round 3, $name: validation result and stage file (code $commit)" "$dest"
+keep_finished "$run" "$dest" "self-training round 3, $name: validation result and stage file (code $commit)" "$@"
